@@ -1,0 +1,99 @@
+"""mamba-suite kernels: the ops every model calls, with one backend dispatch.
+
+Public ops (shapes in their docstrings):
+
+* `selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+  return_last_state=False, *, reverse=False, initial_state=None, backend="auto")`
+* `causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backend="auto")`
+
+`backend`:
+  "auto"      -- Triton on CUDA tensors, the PyTorch reference elsewhere;
+  "reference" -- the PyTorch reference (any device);
+  "triton"    -- the Triton kernels (CUDA, or the CPU interpreter when TRITON_INTERPRET=1);
+  "mamba_ssm" -- the peer's CUDA op, when installed (benchmarks and cross-checks).
+An explicit backend that cannot run raises; nothing silently falls back to another backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._checks import BACKENDS, check_causal_conv1d_args, check_selective_scan_args
+from .reference import causal_conv1d_ref, selective_scan_ref
+
+__all__ = ["BACKENDS", "causal_conv1d", "selective_scan", "triton_available"]
+
+
+def triton_available() -> bool:
+    """True when the Triton package imports (it is a Linux-only dependency)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _resolve(backend: str, device: torch.device, op: str) -> str:
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(f"{op}: backend='triton' requested but the triton package is not importable")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError(
+                f"{op}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the Triton "
+                f"interpreter on CPU); got tensors on {device}"
+            )
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, reverse=False, initial_state=None, backend="auto"):
+    """Selective scan with mamba-ssm's `selective_scan_fn` semantics (see `selective_scan_ref`).
+
+    Args:
+        u, delta, z: (batch, dim, L); A: (dim, N) fp32; B, C: (dim, N), (batch, N, L) or
+            (batch, G, N, L); D, delta_bias: (dim,) fp32; initial_state: (batch, dim, N).
+        reverse: scan from the end of the sequence (no flip copies).
+        backend: "auto" | "reference" | "triton" | "mamba_ssm".
+    Returns:
+        out (batch, dim, L) in u's dtype, or (out, last_state (batch, dim, N) fp32) when
+        `return_last_state`.
+    """
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, backend)
+    backend = _resolve(backend, u.device, "selective_scan")
+    kwargs = dict(reverse=reverse, initial_state=initial_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "reference":
+        return selective_scan_ref(*args, **kwargs)
+    if backend == "triton":
+        from .triton.selective_scan import selective_scan_triton
+
+        return selective_scan_triton(*args, **kwargs)
+    from .peer import selective_scan_mamba_ssm
+
+    return selective_scan_mamba_ssm(*args, **kwargs)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backend="auto"):
+    """Depthwise causal conv1d with optional SiLU (see `causal_conv1d_ref` for the math).
+
+    Args:
+        x: (batch, dim, L); weight: (dim, W), W in 2..4; bias: (dim,) or None.
+        activation: None | "silu" | "swish".
+        reverse: anti-causal (for the reverse direction of bidirectional mixers).
+        backend: "auto" | "reference" (a Triton conv arrives with the fused-kernels work; asking for
+            "triton" or "mamba_ssm" here raises).
+    Returns:
+        (batch, dim, L) in x's dtype.
+    """
+    check_causal_conv1d_args(x, weight, bias, activation, backend)
+    if backend in ("auto", "reference"):
+        return causal_conv1d_ref(x, weight, bias, activation, reverse=reverse)
+    raise NotImplementedError(f"causal_conv1d: backend={backend!r} is not available yet; use 'reference'")

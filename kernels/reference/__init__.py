@@ -1,0 +1,6 @@
+"""PyTorch references of every op: same signatures as the public ops, any device."""
+
+from .causal_conv1d import causal_conv1d_ref
+from .selective_scan import selective_scan_ref
+
+__all__ = ["causal_conv1d_ref", "selective_scan_ref"]
