@@ -8,28 +8,31 @@ reverse scans are run the way Vim and Caduceus run them (flip, scan, flip back).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 
 
 def _import_selective_scan_fn():
-    try:
-        module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
-    except ImportError:
-        # mamba_ssm/__init__ imports every model (and transformers); load just the ops package.
-        try:
-            spec = importlib.util.find_spec("mamba_ssm")
-        except (ImportError, ValueError):
-            spec = None
+    """mamba-ssm's `selective_scan_fn`, importing only its ops package.
+
+    mamba_ssm/__init__ imports every model (and transformers), so the top package is stubbed with
+    just its path before the ops module is imported.
+    """
+    if "mamba_ssm" not in sys.modules:
+        spec = importlib.util.find_spec("mamba_ssm")
         if spec is None or not spec.submodule_search_locations:
             raise RuntimeError(
                 "backend='mamba_ssm' needs the mamba-ssm package with its CUDA extension "
                 "(pip install mamba-ssm --no-build-isolation); it is not importable here"
-            ) from None
+            )
         pkg = types.ModuleType("mamba_ssm")
         pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules.setdefault("mamba_ssm", pkg)
+        sys.modules["mamba_ssm"] = pkg
+    try:
         module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError as err:
+        raise RuntimeError(f"backend='mamba_ssm': mamba-ssm is installed but its ops do not import: {err}") from err
     return module.selective_scan_fn
 
 

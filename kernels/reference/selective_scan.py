@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from .._checks import ScanShapes, check_selective_scan_args
 
 # Upper bound on elements of one (rows, L, N) working tensor; ~7 such tensors live at once in backward.
+# Small on CPU (cache-friendly, little memory); large on GPUs, where each op is a kernel launch.
 _BLOCK_ELEMS = 1 << 21
+_BLOCK_ELEMS_CUDA = 1 << 26
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -114,10 +116,10 @@ def _reduce_bc_grad(g: torch.Tensor, form: str, ref: torch.Tensor, d_sl: slice, 
             out[b_sl, gi] += g[:, lo - d_sl.start:hi - d_sl.start].sum(dim=1).transpose(-1, -2)
 
 
-def _row_blocks(shapes: ScanShapes):
+def _row_blocks(shapes: ScanShapes, on_cuda: bool = False):
     """Yield (batch slice, dim slice) blocks whose (rows, L, N) tensors stay under _BLOCK_ELEMS."""
     per_row = shapes.length * shapes.d_state
-    rows = max(1, _BLOCK_ELEMS // per_row)
+    rows = max(1, (_BLOCK_ELEMS_CUDA if on_cuda else _BLOCK_ELEMS) // per_row)
     if rows >= shapes.dim:
         bb = max(1, rows // shapes.dim)
         for b0 in range(0, shapes.batch, bb):
@@ -157,7 +159,7 @@ def _forward(inp: dict, shapes: ScanShapes, reverse: bool):
     cdt = compute_dtype(u.dtype)
     last_state = u.new_empty(shapes.batch, shapes.dim, shapes.d_state, dtype=cdt)
     last_pos = 0 if reverse else shapes.length - 1
-    for b_sl, d_sl in _row_blocks(shapes):
+    for b_sl, d_sl in _row_blocks(shapes, u.is_cuda):
         blk = _Block(inp, shapes, b_sl, d_sl, reverse)
         y = blk.y
         if inp["z"] is not None:
@@ -182,7 +184,7 @@ def _backward(inp: dict, shapes: ScanShapes, reverse: bool, dout: torch.Tensor, 
             grads[name] = torch.zeros(inp[name].shape, dtype=cdt, device=u.device)
     first_pos = shapes.length - 1 if reverse else 0
     last_pos = 0 if reverse else shapes.length - 1
-    for b_sl, d_sl in _row_blocks(shapes):
+    for b_sl, d_sl in _row_blocks(shapes, u.is_cuda):
         blk = _Block(inp, shapes, b_sl, d_sl, reverse)
         dy = dout[b_sl, d_sl].to(cdt)
         if inp["z"] is not None:

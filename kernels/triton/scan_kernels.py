@@ -1,0 +1,385 @@
+"""Triton kernels of the selective scan (forward and backward).
+
+Work decomposition
+------------------
+One program owns a tile of BLOCK_D channels of one batch row and one *segment* of the sequence.
+It walks the segment in tiles of BLOCK_T time steps (tiles are aligned to BLOCK_T from t = 0), and
+for every tile loops over the N states:
+
+    a = exp2(dt * A * log2(e))          (BLOCK_D, BLOCK_T)
+    x = dt * u * B_n                    (BLOCK_D, BLOCK_T)   B_n shared by the BLOCK_D channels
+    h = associative_scan((a, x))        the state of every step, seeded with the tile-entry state
+    y += h * C_n
+
+so each B/C row is loaded once for BLOCK_D channels, the state lives in registers, and the exp2 is
+the only transcendental per (d, t, n). The (BLOCK_D, N) state that enters each tile is written to a
+small checkpoint tensor (batch, dim, n_tiles, N) fp32; backward recomputes the tile from it instead
+of keeping per-step states.
+
+Long sequences with few rows are split into segments that run in parallel: a cheap first pass
+(STATE_ONLY) computes each segment's end state from a zero start plus its total decay
+exp2(A * log2(e) * sum(dt)); the full pass then rebuilds its exact entry state by combining the
+earlier segments in order (a short loop per program). Backward mirrors this for the dh carry.
+
+Reverse scans (h_t depends on t..L-1) walk tiles and scans right to left; no flipped copies.
+
+Tails: steps outside [0, L) get dt = 0 and u = 0, i.e. the identity step (a = 1, x = 0), so the
+state after the last valid step, and every checkpoint, is exact.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a_prev, h_prev, a_next, h_next):
+    # (a1, h1) then (a2, h2)  ==  (a1 * a2, a2 * h1 + h2): composition of two affine steps h -> a*h + x
+    return a_prev * a_next, a_next * h_prev + h_next
+
+
+@triton.jit
+def _softplus(x):
+    # softplus with threshold 20 (identity above), accurate for very negative x
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _column(mat, sel):
+    """Column `sel` (a (1, K) boolean one-hot) of a (R, K) tensor, as (R,)."""
+    return tl.sum(tl.where(sel, mat, 0.0), axis=1)
+
+
+@triton.jit
+def _load_tile(ptr, b, offs_d, offs_t, s_b, s_d, s_t, mask):
+    return tl.load(ptr + b * s_b + offs_d[:, None] * s_d + offs_t[None, :] * s_t, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_bc(ptr, b, grp, n, offs_d, offs_t, mask_d, mask_t, s0, s1, s2, s3, VARIABLE: tl.constexpr):
+    """State n of B or C for the tile: (1, BLOCK_T) if time-variable, (BLOCK_D, 1) if time-invariant.
+
+    Variable/grouped tensors are (batch, G, N, L) with strides s0..s3; time-invariant ones are (dim, N)
+    with the channel stride in s1 and the state stride in s2.
+    """
+    if VARIABLE:
+        v = tl.load(ptr + b * s0 + grp * s1 + n * s2 + offs_t * s3, mask=mask_t, other=0.0).to(tl.float32)
+        return v[None, :]
+    else:
+        v = tl.load(ptr + offs_d * s1 + n * s2, mask=mask_d, other=0.0).to(tl.float32)
+        return v[:, None]
+
+
+@triton.jit
+def _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, n_seg, offs_d, offs_n, mask_dn, DIM, N,
+                   FROM_LATER: tl.constexpr, SEG_MODE: tl.constexpr):
+    """Fold the segments that precede `seg` in scan order into `state` (BLOCK_D, N_PAD).
+
+    seg_h / seg_p are (batch, n_seg, dim, N): each segment's end value computed from a zero start,
+    and its total decay product. SEG_MODE 0: no segments. FROM_LATER: the segments that precede in
+    scan order are those with larger indices (reverse scans, and the backward carry of forward scans).
+    """
+    if SEG_MODE == 1:
+        for i in range(n_seg):  # segments that do not precede `seg` are skipped
+            if FROM_LATER:  # farthest segment first
+                s = n_seg - 1 - i
+                precedes = s > seg
+            else:
+                s = i
+                precedes = s < seg
+            if precedes:
+                off = ((b * n_seg + s) * DIM + offs_d[:, None]) * N + offs_n[None, :]
+                h_s = tl.load(seg_h_ptr + off, mask=mask_dn, other=0.0)
+                p_s = tl.load(seg_p_ptr + off, mask=mask_dn, other=0.0)
+                state = h_s + p_s * state
+    return state
+
+
+@triton.jit
+def selective_scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
+    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+):
+    """Forward scan of one (batch row, channel tile, segment).
+
+    STATE_ONLY: write only the segment's end state (zero start) and its decay product into
+    seg_h/seg_p. Otherwise write out, the tile-entry checkpoints and (last segment) last_state.
+    """
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = pid // N_DTILES
+    dtile = pid % N_DTILES
+    offs_d = dtile * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    grp_b = (dtile * BLOCK_D) // GROUP_B  # a channel tile never straddles groups
+    grp_c = (dtile * BLOCK_D) // GROUP_C
+    offs_n = tl.arange(0, N_PAD)
+    mask_dn = mask_d[:, None] & (offs_n[None, :] < N)
+    cols = tl.arange(0, BLOCK_T)
+    if REVERSE:  # scan order runs right to left inside a tile
+        first_col = cols[None, :] == BLOCK_T - 1
+        last_col = cols[None, :] == 0
+    else:
+        first_col = cols[None, :] == 0
+        last_col = cols[None, :] == BLOCK_T - 1
+
+    seg_start = seg * SEG_LEN
+    seg_stop = tl.minimum(seg_start + SEG_LEN, L)
+    tile0 = seg_start // BLOCK_T
+    n_tiles = (seg_stop - seg_start + BLOCK_T - 1) // BLOCK_T
+
+    state = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    if not STATE_ONLY:
+        if HAS_H0:
+            state = tl.load(h0_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        state = _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, N_SEG, offs_d, offs_n, mask_dn, DIM, N,
+                               REVERSE, SEG_MODE)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    for i in range(n_tiles):
+        if REVERSE:
+            tile = tile0 + n_tiles - 1 - i
+        else:
+            tile = tile0 + i
+        offs_t = tile * BLOCK_T + cols
+        mask_t = offs_t < seg_stop
+        m2 = mask_d[:, None] & mask_t[None, :]
+        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
+        dt = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+        if HAS_BIAS:
+            dt += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)  # identity step outside the sequence
+        dt_sum += tl.sum(dt, axis=1)
+        dtu = dt * u
+        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for n in range(N):
+            sel = offs_n[None, :] == n
+            a_n = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
+            a = tl.exp2(dt * a_n[:, None])
+            x = dtu * _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+            h_in = _column(state, sel)
+            if not STATE_ONLY:
+                tl.store(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + tile) * N + n, h_in, mask=mask_d)
+            x = tl.where(first_col, x + a * h_in[:, None], x)
+            _, h = tl.associative_scan((a, x), 1, _combine, reverse=REVERSE)
+            if not STATE_ONLY:
+                y += h * _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+            state = tl.where(sel, _column(h, last_col)[:, None], state)
+        if not STATE_ONLY:
+            if HAS_D:
+                y += d_skip[:, None] * u
+            if HAS_Z:
+                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+                y = y * zv * tl.sigmoid(zv)
+            o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + offs_t[None, :] * s_ot
+            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
+
+    seg_off = ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :]
+    if STATE_ONLY:
+        tl.store(seg_h_ptr + seg_off, state, mask=mask_dn)
+        a_full = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0)
+        tl.store(seg_p_ptr + seg_off, tl.exp2(a_full.to(tl.float32) * LOG2E * dt_sum[:, None]), mask=mask_dn)
+    else:
+        if REVERSE:
+            is_final = seg == 0
+        else:
+            is_final = seg == N_SEG - 1
+        if is_final:
+            tl.store(last_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], state, mask=mask_dn)
+
+
+@triton.jit
+def selective_scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+    seg_e_ptr, seg_p_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an,
+    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
+    CARRY_FROM_LATER: tl.constexpr, CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+):
+    """Backward of one (batch row, channel tile, segment), tiles in reverse scan order.
+
+    The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
+    e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
+    segment's e from a zero carry into seg_e). Per-row reductions (dA, dD, dbias, invariant dB/dC) are
+    written as per-(batch, segment) partials; time-variable dB/dC are summed over the channel tile in
+    registers, then atomically added (ATOMIC_BC) or written as per-channel-tile partials (deterministic).
+    """
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = pid // N_DTILES
+    dtile = pid % N_DTILES
+    offs_d = dtile * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    grp_b = (dtile * BLOCK_D) // GROUP_B  # a channel tile never straddles groups
+    grp_c = (dtile * BLOCK_D) // GROUP_C
+    offs_n = tl.arange(0, N_PAD)
+    mask_dn = mask_d[:, None] & (offs_n[None, :] < N)
+    cols = tl.arange(0, BLOCK_T)
+    if REVERSE:  # scan order runs right to left inside a tile
+        first_col = cols[None, :] == BLOCK_T - 1
+        last_col = cols[None, :] == 0
+    else:
+        first_col = cols[None, :] == 0
+        last_col = cols[None, :] == BLOCK_T - 1
+
+    seg_start = seg * SEG_LEN
+    seg_stop = tl.minimum(seg_start + SEG_LEN, L)
+    tile0 = seg_start // BLOCK_T
+    n_tiles = (seg_stop - seg_start + BLOCK_T - 1) // BLOCK_T
+    row_part = b * N_SEG + seg  # index of this program's (batch, segment) partial
+
+    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    if not CARRY_ONLY:
+        if HAS_DLAST:
+            carry = tl.load(dlast_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        # the carry comes from later positions: the segments that follow in scan order
+        carry = _segment_entry(carry, seg_e_ptr, seg_p_ptr, b, seg, N_SEG, offs_d, offs_n, mask_dn, DIM, N,
+                               CARRY_FROM_LATER, SEG_MODE)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    dB_acc = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    dC_acc = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    for i in range(n_tiles):
+        if REVERSE:
+            tile = tile0 + i
+        else:
+            tile = tile0 + n_tiles - 1 - i
+        offs_t = tile * BLOCK_T + cols
+        mask_t = offs_t < seg_stop
+        m2 = mask_d[:, None] & mask_t[None, :]
+        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
+        dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+        # dt one step later in scan order, for a_{t+1}; only its value at valid positions matters
+        if REVERSE:
+            offs_s = offs_t - 1
+        else:
+            offs_s = offs_t + 1
+        m2s = mask_d[:, None] & ((offs_s >= 0) & (offs_s < L))[None, :]
+        dt_next = _load_tile(dt_ptr, b, offs_d, offs_s, s_tb, s_td, s_tt, m2s)
+        if HAS_BIAS:
+            dt_raw += bias[:, None]
+            dt_next += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+            dt_next = _softplus(dt_next)
+        else:
+            dt = dt_raw
+        dt = tl.where(m2, dt, 0.0)
+        dt_next = tl.where(m2s, dt_next, 0.0)
+        dout = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
+        if HAS_Z:
+            zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+            z_sig = tl.sigmoid(zv)
+            dy = dout * zv * z_sig
+        else:
+            dy = dout
+        dtu = dt * u
+        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for n in range(N):
+            sel = offs_n[None, :] == n
+            a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * (a_nat * LOG2E)[:, None])
+            a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
+            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+            g = dy * c_n
+            g = tl.where(last_col, g + _column(carry, sel)[:, None], g)
+            if REVERSE:  # dh runs against the scan order
+                _, dh = tl.associative_scan((a_next, g), 1, _combine, reverse=False)
+            else:
+                _, dh = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
+            carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)
+            if not CARRY_ONLY:
+                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+                x = dtu * b_n
+                h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + tile) * N + n, mask=mask_d, other=0.0)
+                _, h = tl.associative_scan((a, tl.where(first_col, x + a * h_in[:, None], x)), 1, _combine,
+                                           reverse=REVERSE)
+                if HAS_Z:
+                    y += h * c_n
+                q = dh * (h - x)  # = dh_t * a_t * h_{t-1}: gradient of dt_t * A
+                ddt += q * a_nat[:, None]
+                dA_acc += tl.where(sel, tl.sum(q * dt, axis=1)[:, None], 0.0)
+                dhb = dh * b_n
+                ddt += dhb * u
+                du += dhb * dt
+                d_bn = dh * dtu
+                d_cn = dy * h
+                if B_VAR:
+                    col_b = tl.sum(d_bn, axis=0)
+                    # dB buffer: (batch, DB_ROWS, N, L) fp32, rows = groups (atomic) or channel tiles
+                    if ATOMIC_BC:
+                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + offs_t, col_b, mask=mask_t)
+                    else:
+                        tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + offs_t, col_b, mask=mask_t)
+                else:
+                    dB_acc += tl.where(sel, tl.sum(d_bn, axis=1)[:, None], 0.0)
+                if C_VAR:
+                    col_c = tl.sum(d_cn, axis=0)
+                    if ATOMIC_BC:
+                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + offs_t, col_c, mask=mask_t)
+                    else:
+                        tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + offs_t, col_c, mask=mask_t)
+                else:
+                    dC_acc += tl.where(sel, tl.sum(d_cn, axis=1)[:, None], 0.0)
+        if not CARRY_ONLY:
+            g_off = b * DIM * L + offs_d[:, None] * L + offs_t[None, :]  # gradient outputs are contiguous
+            if HAS_D:
+                du += dy * d_skip[:, None]
+                dD_acc += tl.sum(dy * u, axis=1)
+                y += d_skip[:, None] * u
+            if HAS_Z:
+                dz = dout * y * z_sig * (1.0 + zv * (1.0 - z_sig))
+                tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            if SOFTPLUS:
+                ddt = tl.where(dt_raw > 20.0, ddt, ddt * tl.sigmoid(dt_raw))
+            ddt = tl.where(m2, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=1)
+            tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddt_ptr + g_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+
+    part_off = (row_part * DIM + offs_d[:, None]) * N + offs_n[None, :]
+    if CARRY_ONLY:
+        tl.store(seg_e_ptr + ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
+    else:
+        tl.store(dA_ptr + part_off, dA_acc, mask=mask_dn)
+        if not B_VAR:
+            tl.store(dB_ptr + part_off, dB_acc, mask=mask_dn)
+        if not C_VAR:
+            tl.store(dC_ptr + part_off, dC_acc, mask=mask_dn)
+        tl.store(dD_ptr + row_part * DIM + offs_d, dD_acc, mask=mask_d)
+        tl.store(dbias_ptr + row_part * DIM + offs_d, dbias_acc, mask=mask_d)
+        if REVERSE:
+            is_first = seg == N_SEG - 1
+        else:
+            is_first = seg == 0
+        if is_first:  # carry after the first step in scan order = a_0 * dh_0 = d(initial_state)
+            tl.store(dh0_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
