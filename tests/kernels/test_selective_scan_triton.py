@@ -1,0 +1,128 @@
+"""The Triton selective scan against the independent float64 loop (CPU: Triton's interpreter).
+
+Small shapes: the interpreter runs every program in Python. Tolerances are mamba-ssm's (fp32 rtol
+6e-4 / atol 2e-3, bf16 3e-2 / 5e-2) applied to the max error relative to the output's scale.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import mambasuite.kernels.triton.selective_scan as triton_scan  # noqa: E402
+from mambasuite.kernels import selective_scan  # noqa: E402
+from scan_oracle import selective_scan_loop  # noqa: E402
+
+F64 = torch.float64
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 6e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}
+
+
+def _inputs(batch, dim, length, n, form, *, groups=1, dtype=torch.float32, h0=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    shapes = {"invariant": (dim, n), "variable": (batch, n, length), "grouped": (batch, groups, n, length)}
+    bc_dt = torch.float32 if form == "invariant" else dtype
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5),
+                A=(-torch.rand(dim, n, generator=g) - 0.1).to(DEVICE), B=rnd(*shapes[form], dt=bc_dt),
+                C=rnd(*shapes[form], dt=bc_dt), D=rnd(dim, dt=torch.float32), z=rnd(batch, dim, length),
+                delta_bias=rnd(dim, dt=torch.float32, scale=0.5),
+                initial_state=rnd(batch, dim, n, dt=torch.float32) if h0 else None)
+
+
+def _compare(inp, *, reverse=False, dtype=torch.float32, with_dlast=True):
+    names = [k for k, v in inp.items() if v is not None]
+    ours = {k: inp[k].clone().requires_grad_() for k in names}
+    ref = {k: inp[k].detach().to(F64).requires_grad_() for k in names}
+    out, last = selective_scan(**ours, delta_softplus=True, return_last_state=True, reverse=reverse,
+                               backend="triton")
+    ref_out, ref_last = selective_scan_loop(**ref, delta_softplus=True, return_last_state=True, reverse=reverse)
+    assert out.dtype == inp["u"].dtype and last.dtype == torch.float32
+    w = torch.randn(out.shape, dtype=F64, device=out.device)
+    wl = torch.randn(last.shape, dtype=F64, device=out.device) if with_dlast else torch.zeros(last.shape, dtype=F64)
+    ((out.to(F64) * w).sum() + (last.to(F64) * wl.to(out.device)).sum()).backward()
+    ((ref_out * w).sum() + (ref_last * wl.to(out.device)).sum()).backward()
+    tol = TOL[dtype]
+
+    def err(a, b):
+        return ((a.to(F64) - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+    errors = {"out": err(out, ref_out), "last_state": err(last, ref_last)}
+    errors.update({f"d{k}": err(ours[k].grad, ref[k].grad) for k in names})
+    bad = {k: v for k, v in errors.items() if v > tol}
+    assert not bad, f"errors above {tol}: {bad}"
+
+
+@pytest.mark.parametrize("length,n,form,reverse", [
+    (1, 4, "variable", False),
+    (37, 1, "invariant", True),
+    (70, 16, "variable", False),
+    (70, 4, "grouped", True),
+    (130, 64, "variable", True),
+])
+def test_triton_matches_float64_loop(length, n, form, reverse):
+    _compare(_inputs(2, 8, length, n, form, groups=2, h0=length > 1, seed=length), reverse=reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_segments_pass_state_exactly(monkeypatch, reverse):
+    """A long sequence split into segments that run in parallel (state-passing passes) stays exact."""
+    monkeypatch.setattr(triton_scan, "FORCE_SEG_LEN", 64)
+    _compare(_inputs(2, 4, 200, 4, "variable", h0=True, seed=11), reverse=reverse)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    _compare(_inputs(2, 8, 40, 4, "variable", dtype=dtype, seed=3), dtype=dtype, with_dlast=False)
+
+
+def test_non_contiguous_inputs():
+    inp = _inputs(2, 8, 33, 4, "variable", seed=4)
+    inp = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() == 3 else v)
+           for k, v in inp.items()}
+    assert not inp["u"].is_contiguous()
+    _compare(inp)
+
+
+def test_deterministic_mode_is_bitwise_reproducible(monkeypatch):
+    monkeypatch.setenv("MAMBASUITE_DETERMINISTIC", "1")
+    grads = []
+    for _ in range(2):
+        inp = {k: v.requires_grad_() for k, v in _inputs(2, 8, 70, 4, "grouped", groups=2, seed=5).items()
+               if v is not None}
+        selective_scan(**inp, delta_softplus=True, backend="triton").sum().backward()
+        grads.append([inp[k].grad.clone() for k in sorted(inp)])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_triton_refuses_float64_and_bad_devices():
+    inp = _inputs(1, 2, 3, 2, "variable")
+    with pytest.raises(TypeError, match="float64"):
+        selective_scan(**{k: (v.double() if v is not None and k not in ("A",) else v) for k, v in inp.items()},
+                       backend="triton")
+
+
+def test_triton_backend_without_interpreter_or_gpu_is_refused(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        selective_scan(**_inputs(1, 2, 3, 2, "variable"), backend="triton")
+
+
+def test_custom_op_has_fake_impl_for_torch_compile():
+    """The op traces under FakeTensorMode (what torch.compile does) with the right output shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    inp = _inputs(2, 8, 70, 4, "variable")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = {k: mode.from_tensor(v) for k, v in inp.items() if v is not None}
+        out, last, ckpt, _ = torch.ops.mambasuite.selective_scan_fwd(
+            fake["u"], fake["delta"], fake["A"], fake["B"], fake["C"], fake["D"], fake["z"], fake["delta_bias"],
+            None, True, False)
+    assert out.shape == (2, 8, 70) and last.shape == (2, 8, 4) and ckpt.shape[:2] == (2, 8)
