@@ -61,7 +61,7 @@ FORCE_SEG_LEN: int | None = None
 
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device) -> LaunchPlan:
     """Pick the channel tile, segment length and warps for a call (deterministic in the shapes)."""
-    block_d = int(os.environ.get("MAMBASUITE_SCAN_BLOCK_D", "16"))
+    block_d = int(os.environ.get("MAMBASUITE_SCAN_BLOCK_D", "32"))  # best of the H200 sweep (BENCHMARKS.md)
     group_size = dim // groups
     if groups > 1:  # a tile must not straddle two groups of B/C
         block_d = _largest_pow2_divisor(group_size, block_d)
