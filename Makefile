@@ -1,7 +1,9 @@
 # mamba-suite: the two set-up commands.
 #   make demo  -- install into .venv if needed, then train the default task on its embedded data
 #   make test  -- install into .venv if needed, then run the whole test suite on CPU
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3 || command -v python)
+# The first interpreter on PATH that runs and is >= 3.11 (pyenv shims can exist but not run).
+PYTHON ?= $(shell for c in python3 python3.13 python3.12 python3.11 python; do \
+	$$c -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$c; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mamba-suite needs Python >= 3.11; found " + sys.version.split()[0] + " at " + sys.executable)'
+	@test -n "$(PYTHON)" || { echo "mamba-suite needs Python >= 3.11 on PATH (python3, python3.11, ...); none found" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
