@@ -1,0 +1,116 @@
+"""DNA tasks: MLM masking statistics, pretrained-backbone init, config smoke runs, and (slow) acceptance runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambasuite.bio.models import Caduceus
+from mambasuite.bio.tasks import DNASequenceClassifier, mask_tokens
+from mambasuite.bio.tokenizer import MASK_ID, PAD_ID
+from mambasuite.core import cli
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs" / "bio").glob("*.yaml"))
+
+
+def test_mask_tokens_80_10_10():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(7, 11, (200, 500), generator=g)
+    ids[:, :50] = PAD_ID  # never masked
+    masked, targets = mask_tokens(ids, 0.15, torch.Generator().manual_seed(1))
+    sel = targets != -100
+    assert not sel[:, :50].any()
+    assert sel[:, 50:].float().mean().item() == pytest.approx(0.15, abs=0.005)
+    assert torch.equal(targets[sel], ids[sel])
+    frac_mask = (masked[sel] == MASK_ID).float().mean().item()
+    changed = (masked[sel] != MASK_ID) & (masked[sel] != ids[sel])
+    kept = (masked[sel] == ids[sel]).float().mean().item()
+    assert frac_mask == pytest.approx(0.8, abs=0.01)
+    # 10% random base, a quarter of which hits the original base: 7.5% changed, 12.5% kept
+    assert changed.float().mean().item() == pytest.approx(0.075, abs=0.01)
+    assert kept == pytest.approx(0.125, abs=0.01)
+    assert torch.equal(masked[~sel], ids[~sel])
+
+
+def test_classifier_init_from_pretrained_backbone(tmp_path):
+    torch.manual_seed(0)
+    bb = Caduceus(d_model=8, n_layer=2, rcps=True)
+    with torch.no_grad():
+        for p in bb.parameters():
+            p.add_(0.05)
+    bb.save_pretrained(tmp_path / "bb")
+    task = DNASequenceClassifier(num_classes=3, d_model=99, pretrained=str(tmp_path / "bb"))
+    assert task.model.caduceus.d_model == 8 and task.model.caduceus.rcps
+    for (k, a), b in zip(bb.state_dict().items(), task.model.caduceus.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert task(torch.randint(7, 11, (2, 10))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_fast_dev_run(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mamba-suite"])
+    small = '{"n_contigs": 3, "contig_length": 3000}'
+    args = ["fit", "-c", str(config), "--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}", f"--data.init_args.genome_kwargs={small}"]
+    if "mlm" in config.stem:
+        args.append(f"--model.init_args.export_dir={tmp_path / 'bb'}")
+    assert cli.main(args) == 0
+    assert len(list((tmp_path / "cache").glob("genome_*/genome.fa"))) == 1
+    if "mlm" in config.stem:
+        assert Caduceus.from_pretrained(tmp_path / "bb").d_model > 0
+
+
+def _run_cli(args: list[str], cwd: Path, timeout: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mambasuite.core.cli", *args, "--trainer.enable_progress_bar=false"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return time.perf_counter() - start
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    (path,) = run_dir.glob("version_*/metrics.csv")
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_mlm_loss_drops_below_unigram_entropy(tmp_path):
+    cache = tmp_path / "cache"
+    _run_cli(["fit", "-c", str(REPO / "configs/bio/dna_synthetic_mlm.yaml"), f"--data.init_args.cache_dir={cache}",
+              f"--model.init_args.export_dir={tmp_path / 'bb'}"], tmp_path, timeout=360)
+    (stats_file,) = cache.glob("genome_*/stats.json")
+    stats = json.loads(stats_file.read_text())
+    val = [float(r["val/loss"]) for r in _metrics(tmp_path / "runs" / "dna_synthetic_mlm") if r.get("val/loss")]
+    print(f"unigram entropy {stats['unigram_entropy_nats']:.4f} nats, order-2 conditional "
+          f"{stats['markov2_entropy_nats']:.4f}, val/loss {val}")
+    assert val[-1] < stats["unigram_entropy_nats"] - 0.1
+    assert val[-1] < val[0]
+    assert (tmp_path / "bb" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_cls_reaches_95_percent_test_accuracy_in_5_minutes(tmp_path):
+    cfg = str(REPO / "configs/bio/dna_synthetic_cls.yaml")
+    cache = f"--data.init_args.cache_dir={tmp_path / 'cache'}"
+    fit_s = _run_cli(["fit", "-c", cfg, cache], tmp_path, timeout=330)
+    run = tmp_path / "runs" / "dna_synthetic_cls"
+    (ckpt,) = run.glob("version_0/checkpoints/last.ckpt")
+    _run_cli(["test", "-c", cfg, cache, f"--ckpt_path={ckpt}"], tmp_path, timeout=120)
+    (test_metrics,) = run.glob("version_1/metrics.csv")
+    with test_metrics.open() as f:
+        acc = float(next(r for r in csv.DictReader(f) if r.get("test/acc"))["test/acc"])
+    print(f"fit wall time {fit_s:.0f} s, test/acc {acc:.4f}")
+    assert fit_s < 300
+    assert acc >= 0.95
