@@ -76,7 +76,8 @@ def _exp2_rate(device) -> float:
             x3 = tl.exp2(x3) * 0.5
         tl.store(out_ptr + offs, x0 + x1 + x2 + x3)
 
-    progs, block, iters = 132 * 64, 256, 1024
+    # 64 programs per SM of the device at hand (not a hard-coded H100/H200 SM count)
+    progs, block, iters = torch.cuda.get_device_properties(device).multi_processor_count * 64, 256, 1024
     out = torch.empty(progs * block, device=device)
     ms = triton.testing.do_bench(lambda: exp2_loop[(progs,)](out, ITERS=iters, BLOCK=block))
     return progs * block * iters * 4 / (ms * 1e-3)
