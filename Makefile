@@ -8,9 +8,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean espeak
 
-install: $(STAMP)
+install: $(STAMP) espeak
+
+# The speech task's embedded corpus is synthesised with espeak-ng (a Debian package, not a Python one).
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing espeak-ng (speech demo corpus) with apt-get"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y -q espeak-ng >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null 2>&1 && \
+	      $$SUDO apt-get install -y -q espeak-ng >/dev/null; } || echo "warning: apt-get could not install espeak-ng"; \
+	  else \
+	    echo "note: espeak-ng not found and no apt-get: install it (brew install espeak-ng, dnf install espeak-ng)" \
+	         "to generate the speech demo corpus; speech tests that need it are skipped"; \
+	  fi; }
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "mamba-suite needs Python >= 3.11 on PATH (python3, python3.11, ...); none found" >&2; exit 1; }

@@ -119,7 +119,10 @@ def convert(src: str | Path, dst: str | Path, backend: str = "auto") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `mamba-suite convert caduceus SRC DST_DIR`."""
+    """CLI: `mamba-suite convert caduceus SRC DST_DIR` (core.dispatch passes argv with the family first)."""
+    argv = list(argv or [])
+    if argv[:1] == ["caduceus"]:
+        argv = argv[1:]
     parser = argparse.ArgumentParser(prog="mamba-suite convert caduceus", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="HF Caduceus-Ph directory (config.json + model.safetensors) or weights file")
     parser.add_argument("dst", help="output directory (model.safetensors + config.json, mamba-suite format)")

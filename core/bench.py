@@ -14,6 +14,16 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
              "selective scan on a GPU: Triton vs mamba-ssm CUDA (fwd, fwd+bwd, peak memory, exp2 floor)"),
     "scan-cpu": ("mambasuite.kernels.benchmark", "main_scan_cpu",
                  "selective scan on CPU: the PyTorch reference vs a loop-over-L implementation"),
+    "scaling": ("mambasuite.core.scaling", "main",
+                "Mamba backbone vs an equal-size Transformer over sequence lengths / resolutions (time, memory, plots)"),
+    "vision": ("mambasuite.vision.bench", "main",
+               "Vim / VMamba vs timm DeiT-Ti and MambaOut: train-step time, throughput, peak memory"),
+    "seg3d": ("mambasuite.vision.medseg.bench", "main",
+              "3D Mamba segmentation net vs MONAI SwinUNETR / SegResNet: train-step time and peak memory"),
+    "audio": ("mambasuite.audio.bench", "main",
+              "ConMamba encoder vs torchaudio Conformer at 10/30/120 s: fwd+bwd time and peak memory"),
+    "bio": ("mambasuite.bio.bench", "main",
+            "Caduceus backbone vs a Transformer of equal size over DNA lengths: time and peak memory"),
 }
 
 

@@ -42,12 +42,18 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "predict": "Run inference and write predictions.pt into the run directory.",
 }
 
-# Plain subcommands: name -> (module exposing `main(argv: list[str]) -> int | None`, one-line help).
+# Plain subcommands: name -> ("module" or "module:function", one-line help); the function (default `main`) takes
+# argv (list[str]) and returns the exit status or None.
 # Modules are imported only when their command runs.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mambasuite.core.bench", "Benchmark kernels and models against their peers (JSON + markdown)."),
-    "convert": ("mambasuite.vision.convert", "Convert official Vim / VMamba checkpoints to safetensors."),
-    "evaluate": ("mambasuite.vision.evaluate", "Classification report (top-1/5, per class, confusion, speed) for a checkpoint."),
+    "convert": ("mambasuite.core.dispatch:convert_main",
+                "Convert official checkpoints (Vim, VMamba, Caduceus) to safetensors."),
+    "evaluate": ("mambasuite.core.dispatch:evaluate_main",
+                 "Evaluate a checkpoint on a config's data; writes the domain's report (JSON, markdown, plots)."),
+    "analyze": ("mambasuite.core.analytics:analyze_main",
+                "Selective-mechanism heatmaps and report (delta, memory horizon) for a trained checkpoint."),
+    "report": ("mambasuite.core.report:main", "Render a run directory (metrics, analytics, benchmarks) as markdown + HTML."),
 }
 
 _CONFIG_FLAGS = ("-c", "--config")
@@ -91,14 +97,15 @@ def _config_paths(argv: Sequence[str]) -> list[str]:
 
 
 def _run_extra(command: str, argv: list[str]) -> int:
-    module_name, _ = EXTRA_COMMANDS[command]
+    target, _ = EXTRA_COMMANDS[command]
+    module_name, _, func = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name != module_name:
             raise  # the command exists but one of its own dependencies is missing: show the real error
         _fail(f"'{command}' is not available in this installation ({module_name} is missing)")
-    return int(module.main(argv) or 0)
+    return int(getattr(module, func or "main")(argv) or 0)
 
 
 class _DropLitLoggerTip(logging.Filter):

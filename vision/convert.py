@@ -85,15 +85,11 @@ def convert(family: str, src: str | Path, dst: str | Path, model_name: str | Non
 def main(argv: list[str] | None = None) -> int:
     """CLI: `mamba-suite convert {vim,vmamba} SRC DST.safetensors [--model NAME] [--ema]`.
 
-    `mamba-suite convert caduceus SRC DST_DIR` is routed to the genomics converter (mambasuite.bio.convert).
+    core.dispatch routes `convert vim|vmamba ...` here with the family still in argv.
     """
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "caduceus":
-        from mambasuite.bio.convert import main as caduceus_main
-
-        return caduceus_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mamba-suite convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("family", choices=("vim", "vmamba"))
     parser.add_argument("src", help="official checkpoint (.pth) or state dict")
