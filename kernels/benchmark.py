@@ -7,8 +7,10 @@ file and a markdown table in the output folder; the table is also printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -136,80 +138,140 @@ def check_determinism(shape, dtype, device) -> bool:
         torch.use_deterministic_algorithms(prev)
 
 
-def bench_gpu(shapes, dtype, backends, check: bool, device="cuda") -> dict:
+def parse_configs(text: str) -> list[tuple[int, int, int]]:
+    """'256:8:4,2048:1:8' -> [(block_t, block_d, warps), ...] (kernel tile overrides to sweep)."""
+    configs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        parts = item.split(":")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--configs: expected BLOCK_T:BLOCK_D:WARPS with positive integers, got {item!r}")
+        configs.append(tuple(int(p) for p in parts))
+    return configs
+
+
+@contextlib.contextmanager
+def _tile_override(config: tuple[int, int, int] | None):
+    """Set the scan's tile environment overrides for the duration of one measurement."""
+    keys = ("MAMBASUITE_SCAN_BLOCK_T", "MAMBASUITE_SCAN_BLOCK_D", "MAMBASUITE_SCAN_WARPS")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        if config is not None:
+            os.environ.update({k: str(v) for k, v in zip(keys, config)})
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _min_bytes(shape, dtype, backward: bool) -> int:
+    """Bytes a scan must move at least: fwd reads u, delta, z, B, C and writes out; the backward also
+    reads dout and writes du, ddelta, dz, dB, dC (a lower bound: no re-reads, no checkpoints)."""
+    batch, dim, length, n = shape
+    elt = torch.tensor([], dtype=dtype).element_size()
+    rows, bc = batch * dim * length * elt, 2 * batch * n * length * elt
+    fwd = 4 * rows + bc
+    return fwd + (fwd + 4 * rows + bc if backward else 0)
+
+
+def bench_gpu(shapes, dtype, backends, check: bool, device="cuda", configs=()) -> dict:
+    """Time each backend (and each Triton tile config) at each shape; flat `cases` in the bench schema."""
     import triton
 
     device = torch.device(device)
     result = {
-        "date": _dt.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "triton": triton.__version__, "dtype": str(dtype).replace("torch.", ""),
+        "benchmark": "scan", "date": _dt.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__},
+        "dtype": str(dtype).replace("torch.", ""),
         "inputs": "z, D, delta_bias, softplus, variable B/C; A/D/delta_bias fp32",
-        "exp2_per_s": _exp2_rate(device), "copy_bytes_per_s": _copy_bandwidth(device), "cases": [],
+        "exp2_per_s": _exp2_rate(device), "copy_bytes_per_s": _copy_bandwidth(device), "cases": [], "checks": [],
+        "ratios": [],
     }
     try:
-        import mamba_ssm  # noqa: F401  (version for the record, when installed)
         from importlib.metadata import version
-        result["mamba_ssm"] = version("mamba_ssm")
+        result["versions"]["mamba_ssm"] = version("mamba_ssm")
     except Exception:  # noqa: BLE001 - optional peer
-        result["mamba_ssm"] = None
+        result["versions"]["mamba_ssm"] = None
+    variants = [(b, None) for b in backends if not (b == "triton" and configs)]
+    variants += [("triton", c) for c in configs] if "triton" in backends else []
     for shape in shapes:
-        case = {"shape": list(shape), "backends": {}}
         batch, dim, length, n = shape
-        case["exp2_floor_ms"] = batch * dim * length * n / result["exp2_per_s"] * 1e3
-        for backend in backends:
+        shape_txt = "x".join(map(str, shape))
+        exp2_floor_ms = batch * dim * length * n / result["exp2_per_s"] * 1e3
+        for backend, config in variants:
+            impl = backend if config is None else f"triton[{config[0]}:{config[1]}:{config[2]}]"
+            case = {"name": f"{shape_txt}/{impl}", "impl": impl, "backend": backend,
+                    "shape": dict(batch=batch, dim=dim, L=length, N=n), "status": "ok"}
             ins = make_inputs(shape, dtype, device)
             grad = torch.randn(batch, dim, length, device=device, dtype=dtype)
             try:
-                with torch.no_grad():
-                    fwd = triton.testing.do_bench(lambda: _run(ins, backend), return_mode="median")
-                fwd_bwd = triton.testing.do_bench(lambda: _run(ins, backend).backward(grad),
-                                                  grad_to_none=list(ins.values()), return_mode="median")
-                peak = _peak_mib(lambda: _run(ins, backend).backward(grad), device)
-                case["backends"][backend] = {"fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd, "peak_mib": peak}
-            except (RuntimeError, torch.OutOfMemoryError) as err:
-                case["backends"][backend] = {"error": str(err).splitlines()[0][:200]}
+                with _tile_override(config):
+                    with torch.no_grad():
+                        fwd = triton.testing.do_bench(lambda: _run(ins, backend), return_mode="median")
+                    fwd_bwd = triton.testing.do_bench(lambda: _run(ins, backend).backward(grad),
+                                                      grad_to_none=list(ins.values()), return_mode="median")
+                    peak = _peak_mib(lambda: _run(ins, backend).backward(grad), device)
+                case.update(fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, peak_mem_mb=peak,
+                            fwd_bytes_per_s=_min_bytes(shape, dtype, False) / (fwd * 1e-3),
+                            fwd_bwd_bytes_per_s=_min_bytes(shape, dtype, True) / (fwd_bwd * 1e-3),
+                            fwd_exp2_per_s=batch * dim * length * n / (fwd * 1e-3),
+                            exp2_floor_ms=exp2_floor_ms)
+            except torch.OutOfMemoryError:
+                case["status"] = "OOM"
+            except RuntimeError as err:
+                case.update(status="error", error=str(err).splitlines()[0][:200])
+            result["cases"].append(case)
             del ins, grad
             torch.cuda.empty_cache()
         if check:
-            case["check"] = check_against_reference(shape, dtype, device)
-        result["cases"].append(case)
+            result["checks"].append(check_against_reference(shape, dtype, device))
+    peers = {c["name"].split("/")[0]: c for c in result["cases"] if c["impl"] == "mamba_ssm" and c["status"] == "ok"}
+    for c in result["cases"]:
+        peer = peers.get(c["name"].split("/")[0])
+        if c["backend"] == "triton" and c["status"] == "ok" and peer:
+            for metric in ("fwd_ms", "fwd_bwd_ms"):
+                result["ratios"].append({"name": f"{c['name']}:{metric}", "ours": c["name"], "peer": peer["name"],
+                                         "metric": metric, "ratio": peer[metric] / c[metric]})
     if check:
         result["deterministic_bitwise"] = check_determinism(shapes[0], dtype, device)
     return result
 
 
 def markdown_gpu(result: dict) -> str:
+    """The benchmark as a markdown table: times, same-run speed vs mamba-ssm and hardware utilisation."""
+    v = result["versions"]
     lines = [
-        f"{result['device']} · {result['date']} · torch {result['torch']} · triton {result['triton']} · "
-        f"mamba-ssm {result.get('mamba_ssm')} · {result['dtype']} inputs ({result['inputs']}) · "
-        f"exp2 {result['exp2_per_s']:.3g}/s · copy {result['copy_bytes_per_s'] / 1e12:.2f} TB/s",
+        f"{result['device']} · {result['date']} · torch {v['torch']} · triton {v['triton']} · "
+        f"mamba-ssm {v.get('mamba_ssm')} · {result['dtype']} inputs ({result['inputs']}) · "
+        f"ceilings measured in this run: exp2 {result['exp2_per_s']:.3g}/s, copy {result['copy_bytes_per_s'] / 1e12:.2f} TB/s",
         "",
-        "| shape (B, D, L, N) | backend | fwd ms | fwd+bwd ms | peak MiB | fwd+bwd vs mamba-ssm | fwd vs mamba-ssm "
-        "| exp2 floor ms (fwd / fwd+bwd x3) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| shape (B, D, L, N) | impl | fwd ms | fwd+bwd ms | peak MiB | fwd+bwd speed vs mamba-ssm "
+        "| fwd speed vs mamba-ssm | fwd TB/s (% copy) | fwd exp2/s (% ceiling) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for case in result["cases"]:
-        peer = case["backends"].get("mamba_ssm", {})
-        for name, r in case["backends"].items():
-            shape = "(" + ", ".join(map(str, case["shape"])) + ")"
-            if "error" in r:
-                lines.append(f"| {shape} | {name} | error: {r['error']} | | | | | |")
-                continue
-            speed = fspeed = ""
-            if name != "mamba_ssm" and "fwd_bwd_ms" in peer:
-                speed = f"{peer['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}x"
-                fspeed = f"{peer['fwd_ms'] / r['fwd_ms']:.2f}x"
-            floor = case["exp2_floor_ms"]
-            lines.append(f"| {shape} | {name} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['peak_mib']:.0f} "
-                         f"| {speed} | {fspeed} | {floor:.3f} / {3 * floor:.3f} |")
-    checks = [c for c in result["cases"] if "check" in c]
-    if checks:
+    ratio = {(r["ours"], r["metric"]): r["ratio"] for r in result["ratios"]}
+    for c in result["cases"]:
+        s = c["shape"]
+        shape = f"({s['batch']}, {s['dim']}, {s['L']}, {s['N']})"
+        if c["status"] != "ok":
+            lines.append(f"| {shape} | {c['impl']} | {c['status']} {c.get('error', '')} | | | | | | |")
+            continue
+        speed = f"{ratio[(c['name'], 'fwd_bwd_ms')]:.2f}x" if (c["name"], "fwd_bwd_ms") in ratio else ""
+        fspeed = f"{ratio[(c['name'], 'fwd_ms')]:.2f}x" if (c["name"], "fwd_ms") in ratio else ""
+        bw = c["fwd_bytes_per_s"]
+        ex = c["fwd_exp2_per_s"]
+        lines.append(f"| {shape} | {c['impl']} | {c['fwd_ms']:.3f} | {c['fwd_bwd_ms']:.3f} | {c['peak_mem_mb']:.0f} "
+                     f"| {speed} | {fspeed} | {bw / 1e12:.2f} ({100 * bw / result['copy_bytes_per_s']:.0f}%) "
+                     f"| {ex:.3g} ({100 * ex / result['exp2_per_s']:.0f}%) |")
+    if result["checks"]:
         lines += ["", "Correctness vs the fp32 PyTorch reference on the GPU (max relative error over out and "
                   "every gradient):", ""]
-        for c in checks:
-            worst = max(c["check"]["max_rel_err"].items(), key=lambda kv: kv[1])
-            lines.append(f"- {tuple(c['shape'])}: {'pass' if c['check']['pass'] else 'FAIL'} "
-                         f"(worst {worst[0]} {worst[1]:.2e}, tolerance {c['check']['tolerance']})")
+        for c in result["checks"]:
+            worst = max(c["max_rel_err"].items(), key=lambda kv: kv[1])
+            lines.append(f"- {tuple(c['shape'])}: {'pass' if c['pass'] else 'FAIL'} "
+                         f"(worst {worst[0]} {worst[1]:.2e}, tolerance {c['tolerance']})")
         lines.append(f"- deterministic mode, two backward runs bitwise equal: {result.get('deterministic_bitwise')}")
     return "\n".join(lines)
 
@@ -275,15 +337,22 @@ def main_scan(argv: list[str]) -> int:
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--backends", default="triton,mamba_ssm", help="comma-separated: triton, mamba_ssm, reference")
     p.add_argument("--check", action="store_true", help="also check correctness vs the fp32 reference")
+    p.add_argument("--configs", default="", help="Triton tile configs to sweep instead of the default plan, "
+                   "comma-separated BLOCK_T:BLOCK_D:WARPS (e.g. 256:8:4,2048:1:8)")
     p.add_argument("--out", default="runs/bench", help="output folder for scan.json / scan.md")
     args = p.parse_args(argv)
+    try:
+        configs = parse_configs(args.configs)
+    except ValueError as err:
+        p.error(str(err))
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU; for the CPU reference use `mamba-suite bench scan-cpu`")
     shapes = parse_shapes(args.shapes)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    result = bench_gpu(shapes, DTYPES[args.dtype], backends, args.check)
+    result = bench_gpu(shapes, DTYPES[args.dtype], backends, args.check, configs=configs)
+    result["command"] = "mamba-suite bench scan " + " ".join(argv)
     _write(Path(args.out), "scan", result, markdown_gpu(result))
-    failed = [c for c in result["cases"] if "check" in c and not c["check"]["pass"]]
+    failed = [c for c in result["checks"] if not c["pass"]]
     return 1 if failed else 0
 
 

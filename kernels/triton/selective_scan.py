@@ -21,7 +21,9 @@ import torch
 from .._checks import check_selective_scan_args
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
-BLOCK_T = 64  # time steps per tile; the checkpoint layout depends on it, so fwd and bwd share it
+# Elements (channels x time steps) one program holds per tile; the H200 sweep in BENCHMARKS.md picked it.
+TILE_ELEMS = 2048
+MAX_BLOCK_T = 2048  # longest tile: the scan of one tile spans warps beyond this and registers run out
 
 
 def deterministic_mode() -> bool:
@@ -34,6 +36,7 @@ class LaunchPlan:
     """How one call is cut into programs: channel tiles x segments of the sequence."""
 
     block_d: int
+    block_t: int
     n_dtiles: int
     seg_len: int
     n_seg: int
@@ -59,26 +62,39 @@ def _target_programs(device: torch.device) -> int:
 FORCE_SEG_LEN: int | None = None
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device) -> LaunchPlan:
-    """Pick the channel tile, segment length and warps for a call (deterministic in the shapes)."""
-    block_d = int(os.environ.get("MAMBASUITE_SCAN_BLOCK_D", "32"))  # best of the H200 sweep (BENCHMARKS.md)
-    group_size = dim // groups
+    """Pick the tile (channels x time steps), segment length and warps for a call (deterministic in the shapes).
+
+    A tile covers as much of the sequence as fits (up to MAX_BLOCK_T steps): the per-state bookkeeping between
+    tiles is then paid rarely, and the scan along time runs in-thread, then across lanes, like mamba-ssm's.
+    Short sequences fill the tile with more channels instead. MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS override
+    the choice (benchmark sweeps use them).
+    """
+    env = os.environ.get
+    block_t = int(env("MAMBASUITE_SCAN_BLOCK_T", 0)) or min(max(16, _next_pow2(length)), MAX_BLOCK_T)
+    if FORCE_SEG_LEN is not None:  # tests: segments shorter than a tile need shorter tiles
+        block_t = min(block_t, _next_pow2(FORCE_SEG_LEN))
+    block_d = int(env("MAMBASUITE_SCAN_BLOCK_D", 0)) or max(1, min(32, TILE_ELEMS // block_t))
     if groups > 1:  # a tile must not straddle two groups of B/C
-        block_d = _largest_pow2_divisor(group_size, block_d)
+        block_d = _largest_pow2_divisor(dim // groups, block_d)
     n_dtiles = -(-dim // block_d)
-    n_tiles = -(-length // BLOCK_T)
+    n_tiles = -(-length // block_t)
     if FORCE_SEG_LEN is not None:
-        seg_tiles = max(1, FORCE_SEG_LEN // BLOCK_T)
+        seg_tiles = max(1, FORCE_SEG_LEN // block_t)
     else:
-        # Enough programs to fill the GPU; each segment costs a state pass, so keep them long (>= 8 tiles).
+        # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
         rows = batch * n_dtiles
         wanted = max(1, -(-_target_programs(device) // rows))
-        seg_tiles = max(8, -(-n_tiles // wanted))
+        seg_tiles = max(-(-4096 // block_t), -(-n_tiles // wanted))
     seg_tiles = min(seg_tiles, n_tiles)
     n_seg = -(-n_tiles // seg_tiles)
-    n_pad = max(2, 1 << (d_state - 1).bit_length())
-    num_warps = int(os.environ.get("MAMBASUITE_SCAN_WARPS", "4"))
-    return LaunchPlan(block_d, n_dtiles, seg_tiles * BLOCK_T, n_seg, n_tiles, n_pad, num_warps)
+    n_pad = max(2, _next_pow2(d_state))
+    num_warps = int(env("MAMBASUITE_SCAN_WARPS", 0)) or (8 if block_d * block_t >= 4096 else 4)
+    return LaunchPlan(block_d, block_t, n_dtiles, seg_tiles * block_t, n_seg, n_tiles, n_pad, num_warps)
 
 
 def _bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, int, int]]:
@@ -123,7 +139,7 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
     )
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, B_VAR=b_var, C_VAR=c_var, REVERSE=reverse,
-                 BLOCK_D=plan.block_d, BLOCK_T=BLOCK_T, N_PAD=plan.n_pad, num_warps=plan.num_warps)
+                 BLOCK_D=plan.block_d, BLOCK_T=plan.block_t, N_PAD=plan.n_pad, num_warps=plan.num_warps)
     ptrs = [u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy]
     if plan.n_seg > 1:  # pass 1: each segment's end state from a zero start, and its decay product
@@ -191,7 +207,7 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
     )
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, B_VAR=b_var, C_VAR=c_var, REVERSE=reverse, CARRY_FROM_LATER=not reverse,
-                 ATOMIC_BC=atomic, BLOCK_D=plan.block_d, BLOCK_T=BLOCK_T, N_PAD=plan.n_pad,
+                 ATOMIC_BC=atomic, BLOCK_D=plan.block_d, BLOCK_T=plan.block_t, N_PAD=plan.n_pad,
                  num_warps=plan.num_warps)
     dummy = du
     ptrs = [u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
@@ -273,4 +289,4 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return (out, last_state) if return_last_state else out
 
 
-__all__ = ["BLOCK_T", "LaunchPlan", "deterministic_mode", "plan_launch", "selective_scan_triton"]
+__all__ = ["LaunchPlan", "deterministic_mode", "plan_launch", "selective_scan_triton"]
