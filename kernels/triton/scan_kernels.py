@@ -293,13 +293,10 @@ def selective_scan_bwd_kernel(
             dt = dt_raw
         dt = tl.where(m2, dt, 0.0)
         dt_next = tl.where(m2s, dt_next, 0.0)
-        dout = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
+        dy = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
         if HAS_Z:
             zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
-            z_sig = tl.sigmoid(zv)
-            dy = dout * zv * z_sig
-        else:
-            dy = dout
+            dy = dy * zv * tl.sigmoid(zv)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
@@ -356,10 +353,18 @@ def selective_scan_bwd_kernel(
                 du += dy * d_skip[:, None]
                 dD_acc += tl.sum(dy * u, axis=1)
                 y += d_skip[:, None] * u
+            # dout, z and the raw dt are loaded again (L1/L2 hits) rather than kept live through the loop over
+            # states: the backward is register-bound, and fewer live tiles means more resident warps.
             if HAS_Z:
+                dout = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
+                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+                z_sig = tl.sigmoid(zv)
                 dz = dout * y * z_sig * (1.0 + zv * (1.0 - z_sig))
                 tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             if SOFTPLUS:
+                dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+                if HAS_BIAS:
+                    dt_raw += bias[:, None]
                 ddt = tl.where(dt_raw > 20.0, ddt, ddt * tl.sigmoid(dt_raw))
             ddt = tl.where(m2, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=1)

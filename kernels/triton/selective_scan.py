@@ -21,9 +21,12 @@ import torch
 from .._checks import check_selective_scan_args
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
-# Elements (channels x time steps) one program holds per tile; the H200 sweep in BENCHMARKS.md picked it.
-TILE_ELEMS = 2048
-MAX_BLOCK_T = 2048  # longest tile: the scan of one tile spans warps beyond this and registers run out
+# Tile shapes (time steps, channels, warps) picked from the H200 sweep of 2026-11-29 (BENCHMARKS.md): whole short
+# sequences in one tile; long tiles for mid-length sequences with few rows; the 64-step tile elsewhere, because the
+# long-tile backward runs out of registers (255 + spills) and loses what the forward gains.
+SHORT_TILE = (256, 8, 4)  # L <= 256 (Vim at 224 px: L = 197)
+LONG_TILE = (1024, 2, 4)  # 256 < L <= 16384 with at most 8192 rows (batch x dim)
+BASE_TILE = (64, 32, 4)
 
 
 def deterministic_mode() -> bool:
@@ -33,7 +36,7 @@ def deterministic_mode() -> bool:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """How one call is cut into programs: channel tiles x segments of the sequence."""
+    """How one call is cut into programs: tiles of block_d channels x block_t steps, and segments of the sequence."""
 
     block_d: int
     block_t: int
@@ -43,6 +46,14 @@ class LaunchPlan:
     n_tiles: int
     n_pad: int
     num_warps: int
+
+
+def _default_tile(rows: int, length: int) -> tuple[int, int, int]:
+    if length <= 256:
+        return SHORT_TILE
+    if length <= 16384 and rows <= 8192:
+        return LONG_TILE
+    return BASE_TILE
 
 
 def _largest_pow2_divisor(n: int, cap: int) -> int:
@@ -69,16 +80,15 @@ def _next_pow2(n: int) -> int:
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device) -> LaunchPlan:
     """Pick the tile (channels x time steps), segment length and warps for a call (deterministic in the shapes).
 
-    A tile covers as much of the sequence as fits (up to MAX_BLOCK_T steps): the per-state bookkeeping between
-    tiles is then paid rarely, and the scan along time runs in-thread, then across lanes, like mamba-ssm's.
-    Short sequences fill the tile with more channels instead. MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS override
-    the choice (benchmark sweeps use them).
+    The tile comes from `_default_tile` (a sweep on the H200); MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS
+    override it (`mamba-suite bench scan --configs` sweeps them).
     """
     env = os.environ.get
-    block_t = int(env("MAMBASUITE_SCAN_BLOCK_T", 0)) or min(max(16, _next_pow2(length)), MAX_BLOCK_T)
+    tile_t, tile_d, tile_w = _default_tile(batch * dim, length)
+    block_t = int(env("MAMBASUITE_SCAN_BLOCK_T", 0)) or min(tile_t, max(16, _next_pow2(length)))
     if FORCE_SEG_LEN is not None:  # tests: segments shorter than a tile need shorter tiles
         block_t = min(block_t, _next_pow2(FORCE_SEG_LEN))
-    block_d = int(env("MAMBASUITE_SCAN_BLOCK_D", 0)) or max(1, min(32, TILE_ELEMS // block_t))
+    block_d = int(env("MAMBASUITE_SCAN_BLOCK_D", 0)) or tile_d
     if groups > 1:  # a tile must not straddle two groups of B/C
         block_d = _largest_pow2_divisor(dim // groups, block_d)
     n_dtiles = -(-dim // block_d)
@@ -93,7 +103,7 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     seg_tiles = min(seg_tiles, n_tiles)
     n_seg = -(-n_tiles // seg_tiles)
     n_pad = max(2, _next_pow2(d_state))
-    num_warps = int(env("MAMBASUITE_SCAN_WARPS", 0)) or (8 if block_d * block_t >= 4096 else 4)
+    num_warps = int(env("MAMBASUITE_SCAN_WARPS", 0)) or tile_w
     return LaunchPlan(block_d, block_t, n_dtiles, seg_tiles * block_t, n_seg, n_tiles, n_pad, num_warps)
 
 
