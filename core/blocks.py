@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..kernels import add_rms_norm
 from .hub import PretrainedMixin
 from .mixers import BiMamba, Mamba, check_channel_last, check_choice, check_positive_int
 
@@ -113,10 +114,24 @@ class Block(nn.Module):
     def forward(self, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         in_dtype = hidden_states.dtype
+        if isinstance(self.norm, RMSNorm):
+            # One fused op (kernels.add_rms_norm): the add, the fp32 residual and the norm in one pass.
+            if residual is not None:
+                hidden_states = self.drop_path(hidden_states)
+            normed, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
+                                            self.residual_in_fp32, backend=norm_backend(self.mixer))
+            return self.mixer(normed.to(in_dtype)), residual
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         if self.residual_in_fp32:
             residual = residual.float()
         return self.mixer(self.norm(residual).to(in_dtype)), residual
+
+
+def norm_backend(mixer: nn.Module) -> str:
+    """Backend for a block's fused add + norm: the mixer's own when it is "reference" or "triton", else "auto"
+    (the mamba_ssm peer has no add + norm op of ours to call)."""
+    backend = getattr(mixer, "backend", "auto")
+    return backend if backend in ("reference", "triton") else "auto"
 
 
 def _init_weights(module: nn.Module, n_layer: int, rescale_prenorm_residual: bool = True,

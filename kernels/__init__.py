@@ -5,6 +5,7 @@ Public ops (shapes in their docstrings):
 * `selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
   return_last_state=False, *, reverse=False, initial_state=None, backend="auto")`
 * `causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backend="auto")`
+* `add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backend="auto")`
 
 `backend`:
   "auto"      -- Triton on CUDA tensors, the PyTorch reference elsewhere;
@@ -20,10 +21,10 @@ import os
 
 import torch
 
-from ._checks import BACKENDS, check_causal_conv1d_args, check_selective_scan_args
-from .reference import causal_conv1d_ref, selective_scan_ref
+from ._checks import BACKENDS, check_add_rms_norm_args, check_causal_conv1d_args, check_selective_scan_args
+from .reference import add_rms_norm_ref, causal_conv1d_ref, selective_scan_ref
 
-__all__ = ["BACKENDS", "causal_conv1d", "selective_scan", "triton_available"]
+__all__ = ["BACKENDS", "add_rms_norm", "causal_conv1d", "selective_scan", "triton_available"]
 
 
 def triton_available() -> bool:
@@ -97,3 +98,25 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backe
     if backend in ("auto", "reference"):
         return causal_conv1d_ref(x, weight, bias, activation, reverse=reverse)
     raise NotImplementedError(f"causal_conv1d: backend={backend!r} is not available yet; use 'reference'")
+
+
+def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backend="auto"):
+    """Fused residual add + RMSNorm, the pre-norm step of a Mamba block (see `add_rms_norm_ref`).
+
+    Args:
+        x: (..., dim) the previous mixer's output (or the embeddings); residual: (..., dim) or None (first block);
+        weight: (dim,); residual_in_fp32: keep the new residual in fp32.
+        backend: "auto" | "reference" | "triton" ("mamba_ssm" is refused: the peer comparison uses its own
+            norm through its own code path).
+    Returns:
+        (out (..., dim) in x's dtype, new_residual (..., dim)); gradients flow to x, residual and weight.
+    """
+    check_add_rms_norm_args(x, residual, weight, eps, backend)
+    backend = _resolve(backend, x.device, "add_rms_norm")
+    if backend == "reference":
+        return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
+    if backend == "triton":
+        from .triton.add_rms_norm import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, residual, weight, eps, residual_in_fp32)
+    raise NotImplementedError("add_rms_norm: backend='mamba_ssm' is not offered; use 'reference' or 'triton'")

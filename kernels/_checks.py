@@ -142,3 +142,23 @@ def check_causal_conv1d_args(x, weight, bias, activation, backend: str) -> None:
     devices = {t.device for t in (x, weight, bias) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"x, weight and bias must be on one device, got {sorted(map(str, devices))}")
+
+
+def check_add_rms_norm_args(x, residual, weight, eps, backend: str) -> None:
+    """Validate `add_rms_norm` arguments (see `mambasuite.kernels.add_rms_norm`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_tensor("x", x, ndim=tuple(range(1, 9)))
+    dim = x.shape[-1]
+    if residual is not None:
+        check_tensor("residual", residual, ndim=x.dim())
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {_shape(x)}, got {_shape(residual)}")
+    check_tensor("weight", weight, ndim=1)
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight must have shape (dim,) = ({dim},) (x's last dim), got {_shape(weight)}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    devices = {t.device for t in (x, residual, weight) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"all add_rms_norm tensors must be on one device; got {sorted(map(str, devices))}")

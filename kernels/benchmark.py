@@ -370,3 +370,66 @@ def main_scan_cpu(argv: list[str]) -> int:
     return 0
 
 
+
+
+def _eager_add_rms_norm(x, residual, weight, eps=1e-5):
+    """The unfused composition a block runs without the fused op (what `add_rms_norm` replaces)."""
+    r = residual + x.float()
+    return (r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype), r
+
+
+def main_norm(argv: list[str]) -> int:
+    """`mamba-suite bench norm`: fused add + RMSNorm (Triton) vs the eager torch composition, fwd and fwd+bwd."""
+    import triton
+
+    from . import add_rms_norm
+
+    p = argparse.ArgumentParser(prog="mamba-suite bench norm", description=main_norm.__doc__)
+    p.add_argument("--shapes", default="64x197x192,64x197x384,8x2048x768,2x131072x256",
+                   help="comma-separated BATCHxLxDIM (default: Vim-Ti/S tokens, an LM, a 131k DNA sequence)")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--out", default="runs/bench")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
+    dtype, device = DTYPES[args.dtype], torch.device("cuda")
+    result = {"benchmark": "norm", "date": _dt.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+              "versions": {"torch": torch.__version__, "triton": triton.__version__}, "dtype": args.dtype,
+              "command": "mamba-suite bench norm " + " ".join(argv), "cases": [], "ratios": []}
+    impls = {"triton": lambda x, r, w: add_rms_norm(x, r, w, backend="triton"),
+             "eager": _eager_add_rms_norm}
+    for item in args.shapes.split(","):
+        batch, length, dim = (int(v) for v in item.split("x"))
+        x = torch.randn(batch, length, dim, device=device, dtype=dtype, requires_grad=True)
+        res = torch.randn(batch, length, dim, device=device, dtype=torch.float32, requires_grad=True)
+        w = torch.ones(dim, device=device, requires_grad=True)
+        g = torch.randn_like(x)
+        names = {}
+        for impl, fn in impls.items():
+            with torch.no_grad():
+                fwd = triton.testing.do_bench(lambda: fn(x, res, w), return_mode="median")
+
+            def step():
+                out, new_res = fn(x, res, w)
+                torch.autograd.backward([out, new_res], [g, torch.ones_like(new_res)])
+
+            fwd_bwd = triton.testing.do_bench(step, grad_to_none=[x, res, w], return_mode="median")
+            name = f"{item}/{impl}"
+            names[impl] = name
+            result["cases"].append({"name": name, "impl": impl, "shape": dict(batch=batch, L=length, dim=dim),
+                                    "status": "ok", "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd})
+        by_name = {c["name"]: c for c in result["cases"]}
+        for metric in ("fwd_ms", "fwd_bwd_ms"):
+            result["ratios"].append({"name": f"{item}:{metric}", "ours": names["triton"], "peer": names["eager"],
+                                     "metric": metric,
+                                     "ratio": by_name[names["eager"]][metric] / by_name[names["triton"]][metric]})
+    lines = [f"{result['device']} · {result['date']} · torch {torch.__version__} · {args.dtype} x, fp32 residual",
+             "", "| shape (B, L, D) | triton fwd ms | eager fwd ms | fwd speed-up | triton fwd+bwd ms "
+             "| eager fwd+bwd ms | fwd+bwd speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+    by_name = {c["name"]: c for c in result["cases"]}
+    for item in args.shapes.split(","):
+        t, e = by_name[f"{item}/triton"], by_name[f"{item}/eager"]
+        lines.append(f"| {item} | {t['fwd_ms']:.3f} | {e['fwd_ms']:.3f} | {e['fwd_ms'] / t['fwd_ms']:.2f}x "
+                     f"| {t['fwd_bwd_ms']:.3f} | {e['fwd_bwd_ms']:.3f} | {e['fwd_bwd_ms'] / t['fwd_bwd_ms']:.2f}x |")
+    _write(Path(args.out), "norm", result, "\n".join(lines))
+    return 0

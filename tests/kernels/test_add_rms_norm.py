@@ -1,0 +1,70 @@
+"""Fused residual add + RMSNorm: Triton (interpreter on CPU) and reference vs a float64 formula, grads, errors."""
+
+import pytest
+import torch
+
+from mambasuite.kernels import add_rms_norm
+
+
+def _formula64(x, residual, weight, eps):
+    r = x.double() + (residual.double() if residual is not None else 0.0)
+    return r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.double(), r
+
+
+def _inputs(shape, dtype, with_res, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+    res = torch.randn(*shape, generator=g).float().requires_grad_() if with_res else None
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).requires_grad_()
+    return x, res, w
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("shape,with_res", [((3, 5, 48), True), ((7, 100), False), ((2, 1, 192), True)])
+def test_matches_float64_formula_with_gradients(backend, shape, with_res):
+    x, res, w = _inputs(shape, torch.float32, with_res, seed=len(shape))
+    out, new_res = add_rms_norm(x, res, w, 1e-5, backend=backend)
+    x64, res64, w64 = (t.detach().double().requires_grad_() if t is not None else None for t in (x, res, w))
+    ref_out, ref_res = _formula64(x64, res64, w64, 1e-5)
+    assert out.dtype == x.dtype and new_res.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(new_res.double(), ref_res, rtol=1e-6, atol=1e-6)
+    g_out, g_res = torch.randn_like(ref_out), torch.randn_like(ref_res)
+    (out.double() * g_out).sum().add((new_res.double() * g_res).sum()).backward()
+    (ref_out * g_out).sum().add((ref_res * g_res).sum()).backward()
+    for ours, ref in ((x, x64), (w, w64)) + (((res, res64),) if with_res else ()):
+        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_keeps_fp32_residual(dtype):
+    x, res, w = _inputs((4, 64), dtype, True, seed=3)
+    out_t, res_t = add_rms_norm(x, res, w, backend="triton")
+    out_r, res_r = add_rms_norm(x, res, w, backend="reference")
+    assert out_t.dtype == dtype and res_t.dtype == torch.float32
+    torch.testing.assert_close(res_t, res_r, rtol=0, atol=0)  # the add is exact in fp32
+    torch.testing.assert_close(out_t.float(), out_r.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_residual_in_input_dtype_when_asked():
+    x, _, w = _inputs((4, 32), torch.bfloat16, False)
+    res = torch.randn(4, 32).to(torch.bfloat16)
+    for backend in ("reference", "triton"):
+        _, new_res = add_rms_norm(x, res, w, residual_in_fp32=False, backend=backend)
+        assert new_res.dtype == torch.bfloat16
+
+
+def test_bad_inputs_are_named():
+    x, res, w = _inputs((2, 8), torch.float32, True)
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        add_rms_norm(x, res[:, :4], w)
+    with pytest.raises(ValueError, match=r"weight must have shape \(dim,\) = \(8,\)"):
+        add_rms_norm(x, res, w[:4])
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        add_rms_norm(x, res, w, eps=0)
+    with pytest.raises(TypeError, match="x must be a float"):
+        add_rms_norm(x.long(), None, w)
+    with pytest.raises(TypeError, match="float64"):
+        add_rms_norm(x.double(), None, w.double(), backend="triton")
+    with pytest.raises(NotImplementedError, match="mamba_ssm"):
+        add_rms_norm(x, res, w, backend="mamba_ssm")
