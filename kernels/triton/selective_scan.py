@@ -238,24 +238,23 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
             buf = buf.view(batch, groups, plan.n_dtiles // groups, d_state, length).sum(2)
         return buf.view(like.shape).to(like.dtype)
 
-    empty = u.new_empty(0)
+    # A custom op's outputs may not alias each other: every absent gradient gets its own empty tensor.
     return [
         du, ddelta, dA_part.sum(0).to(A.dtype),
         finish_bc(dB_buf, b_var, b_groups, B), finish_bc(dC_buf, c_var, c_groups, C),
-        dD_part.sum(0).to(D.dtype) if D is not None else empty,
-        dz if z is not None else empty,
-        dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else empty,
+        dD_part.sum(0).to(D.dtype) if D is not None else u.new_empty(0),
+        dz if z is not None else u.new_empty(0),
+        dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0),
         dh0,
     ]
 
 
 @_bwd_op.register_fake
 def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic):
-    empty = u.new_empty(0)
     return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), torch.empty_like(D) if D is not None else empty,
-            torch.empty_like(z) if z is not None else empty,
-            torch.empty_like(delta_bias) if delta_bias is not None else empty,
+            torch.empty_like(C), torch.empty_like(D) if D is not None else u.new_empty(0),
+            torch.empty_like(z) if z is not None else u.new_empty(0),
+            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0),
             u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)]
 
 
