@@ -1,5 +1,5 @@
 # mamba-suite: the two set-up commands.
-#   make demo  -- install into .venv if needed, then train the default task on its embedded data
+#   make demo  -- install into .venv if needed, then train the default tasks on their embedded data
 #   make test  -- install into .venv if needed, then run the whole test suite on CPU
 # The first interpreter on PATH that runs and is >= 3.11 (pyenv shims can exist but not run).
 PYTHON ?= $(shell for c in python3 python3.13 python3.12 python3.11 python; do \
@@ -32,8 +32,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+# The main job (selective copying), then the vision default: train Vim on digits and write its evaluation report.
 demo: install
 	$(BIN)/mamba-suite fit -c configs/core/selective_copying.yaml
+	$(BIN)/mamba-suite fit -c configs/vision/vim_digits.yaml
+	$(BIN)/mamba-suite evaluate -c configs/vision/vim_digits.yaml \
+	  --ckpt_path "$$(ls -t runs/vim_digits/version_*/checkpoints/last.ckpt | head -1)"
 
 test: install
 	$(BIN)/python -m pytest

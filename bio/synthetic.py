@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MOTIFS", "generate_genome", "markov2_entropy", "unigram_entropy"]
+from mambasuite.core.files import atomic_write
+
+__all__ = ["MOTIFS", "generate_genome", "markov2_entropy", "plant_variants", "unigram_entropy"]
 
 # Real consensus sites (N = any base, drawn at planting time).
 MOTIFS = {
@@ -131,13 +133,82 @@ def generate_genome(out_dir: str | Path, n_contigs: int = 8, contig_length: int 
         seq = "".join(chars)
         fasta_lines.append(f">{name} synthetic contig {c + 1}")
         fasta_lines.extend(seq[i:i + 80] for i in range(0, len(seq), 80))
-    tmp = {k: p.with_suffix(p.suffix + ".tmp") for k, p in paths.items()}
-    tmp["fasta"].write_text("\n".join(fasta_lines) + "\n")
-    tmp["bed"].write_text("\n".join(bed_lines) + "\n")
+    # Each file appears whole or not at all (concurrent DDP ranks write identical bytes); stats.json last,
+    # since it marks the set complete.
+    atomic_write(paths["fasta"], "\n".join(fasta_lines) + "\n")
+    atomic_write(paths["bed"], "\n".join(bed_lines) + "\n")
     bg = "".join(background)
-    tmp["stats"].write_text(json.dumps({"params": tag, "unigram_entropy_nats": unigram_entropy(bg),
-                                        "markov2_entropy_nats": markov2_entropy(bg),
-                                        "uniform_entropy_nats": math.log(4)}, indent=2))
-    for k in ("fasta", "bed", "stats"):  # stats last: it marks the set complete
-        tmp[k].replace(paths[k])
+    atomic_write(paths["stats"], json.dumps({"params": tag, "unigram_entropy_nats": unigram_entropy(bg),
+                                             "markov2_entropy_nats": markov2_entropy(bg),
+                                             "uniform_entropy_nats": math.log(4)}, indent=2))
     return paths
+
+
+def _read_own_fasta(path: Path) -> dict[str, str]:
+    """The generated genome.fa (well-formed by construction) -> {record id: sequence}."""
+    records, name, lines = {}, None, []
+    for line in path.read_text().splitlines():
+        if line.startswith(">"):
+            if name is not None:
+                records[name] = "".join(lines)
+            name, lines = line[1:].split()[0], []
+        else:
+            lines.append(line.strip())
+    if name is not None:
+        records[name] = "".join(lines)
+    return records
+
+
+def plant_variants(genome_paths: dict[str, Path], n_variants: int = 200, split: str = "test", seed: int = 0) -> Path:
+    """Write SNVs for the generated genome (`generate_genome`'s return value) as a VCF-like TSV, once.
+
+    Half of them (label 1) change a fixed (non-N) base of a planted motif inside a positive window of `split`,
+    destroying that motif; the other half (label 0) change a base of a negative window, checked not to create
+    a motif. Columns: chrom, pos (1-based, as VCF), ref, alt, label. Returns the path
+    (`variants_n<n>_<split>_seed<seed>.tsv` next to genome.fa).
+    """
+    if n_variants < 2:
+        raise ValueError(f"n_variants must be >= 2 (both labels), got {n_variants}")
+    out = Path(genome_paths["fasta"]).parent / f"variants_n{n_variants}_{split}_seed{seed}.tsv"
+    if out.is_file():
+        return out
+    genome = _read_own_fasta(Path(genome_paths["fasta"]))
+    windows = {0: [], 1: []}
+    for line in Path(genome_paths["bed"]).read_text().splitlines():
+        chrom, start, end, label, sp = line.split("\t")
+        if sp == split:
+            windows[int(label)].append((chrom, int(start), int(end)))
+    if not windows[0] or not windows[1]:
+        raise ValueError(f"{genome_paths['bed']}: split {split!r} needs positive and negative windows")
+    rng = np.random.default_rng(seed)
+    pattern = _motif_regex()
+    fixed = [m.replace("N", ".") for m in MOTIFS.values()]
+    fixed += [m.translate(_RC)[::-1].replace("N", ".") for m in MOTIFS.values()]
+    rows, seen, attempts = [], set(), 0
+    while len(rows) < n_variants:
+        attempts += 1
+        if attempts > 100 * n_variants:
+            raise ValueError(f"could not place {n_variants} distinct variants in the {split} windows; ask for fewer")
+        label = len(rows) % 2  # alternate: label 0, 1, 0, 1, ...
+        chrom, start, end = windows[label][int(rng.integers(len(windows[label])))]
+        seq = genome[chrom]
+        if label:
+            hits = [m for m in pattern.finditer(seq, start, end) if m.start() + len(m.group(1)) <= end]
+            if not hits:
+                continue
+            hit = hits[int(rng.integers(len(hits)))]
+            text = hit.group(1)
+            motif = next(p for p in fixed if len(p) == len(text) and re.fullmatch(p, text))
+            positions = [i for i, c in enumerate(motif) if c != "."]
+            pos = hit.start() + positions[int(rng.integers(len(positions)))]
+        else:
+            pos = int(rng.integers(start, end))
+        ref = seq[pos]
+        alt = "ACGT"[("ACGT".index(ref) + int(rng.integers(1, 4))) % 4]
+        context = seq[max(pos - 20, 0):pos] + alt + seq[pos + 1:pos + 21]
+        if (chrom, pos) in seen or (not label and pattern.search(context)):
+            continue
+        seen.add((chrom, pos))
+        rows.append(f"{chrom}\t{pos + 1}\t{ref}\t{alt}\t{label}")
+    atomic_write(out, "#chrom\tpos\tref\talt\tlabel\n" + "\n".join(rows) + "\n")
+    return out

@@ -29,7 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "audio": ("mambasuite.audio.bench", "main",
               "ConMamba encoder vs torchaudio Conformer at 10/30/120 s: fwd+bwd time and peak memory"),
     "bio": ("mambasuite.bio.bench", "main",
-            "Caduceus backbone vs a Transformer of equal size over DNA lengths: time and peak memory"),
+            "Caduceus-PS train step at 131k tokens: Triton vs mamba-ssm scan; longest trainable length at batch 1"),
 }
 
 

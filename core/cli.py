@@ -10,8 +10,20 @@ Defaults a run gets (each overridable from the YAML or the command line):
 * run directory ``runs/<config stem>/`` with a :class:`~pytorch_lightning.loggers.CSVLogger`
   (``runs/<stem>/version_N/{metrics.csv,config.yaml,hparams.yaml,checkpoints/}``); ``--trainer.default_root_dir``
   moves all of it;
-* a ``checkpoint:`` group (:class:`~pytorch_lightning.callbacks.ModelCheckpoint`, ``save_last=True``, slash-free file
-  names), dropped when ``trainer.enable_checkpointing`` is false;
+* a ``checkpoint:`` group (:class:`~pytorch_lightning.callbacks.ModelCheckpoint`, slash-free file names) for the
+  best checkpoints, and a ``last_checkpoint:`` group (:class:`~mambasuite.core.checkpointing.LastCheckpoint`) that
+  writes ``last.ckpt`` every ``every_n_train_steps`` (default 100) optimizer steps and at the end of fit; both are
+  dropped when ``trainer.enable_checkpointing`` is false;
+* checkpoints written atomically and read weights-only
+  (:class:`~mambasuite.core.checkpointing.AtomicCheckpointIO`, unless ``trainer.plugins`` names another CheckpointIO);
+* crash-safe resume: ``fit --ckpt_path last`` picks the newest ``last.ckpt`` of this run name (any ``version_N``);
+  the training data order resumes mid-epoch (:mod:`mambasuite.core.resumable`) and
+  :class:`~mambasuite.core.resumable.StepSeeder` reseeds every training batch, so the resumed run matches an
+  uninterrupted one; the resumed run logs into a new ``version_N``;
+* a ``nonfinite_guard:`` group (:class:`~mambasuite.core.guards.NonFiniteGuard`) while fitting;
+* no overwriting: a fresh ``version_N`` is reserved atomically (concurrent runs never share one); an explicit
+  ``trainer.logger.init_args.version`` or checkpoint ``dirpath`` that already holds files is refused unless
+  ``--overwrite_run=true``;
 * :class:`~pytorch_lightning.callbacks.RichProgressBar` unless another progress bar is configured or
   ``trainer.enable_progress_bar`` is false;
 * ``seed_everything: 0``; a one-line result after ``fit`` (:class:`~mambasuite.core.callbacks.FitSummary`); a
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +46,7 @@ from typing import Any, Sequence
 PROG = "mamba-suite"
 RUNS_DIR = "runs"
 DEFAULT_SEED = 0
+LAST_EVERY_N_STEPS = 100  # default interval of last.ckpt in optimizer steps
 
 # Lightning subcommands and the one-line help shown by `mamba-suite --help`.
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -127,8 +141,12 @@ def _cli_class() -> type:
     from jsonargparse import Namespace
     from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar, RichProgressBar
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+    from lightning_fabric.plugins import CheckpointIO
 
     from mambasuite.core.callbacks import FitSummary, PredictionWriter
+    from mambasuite.core.checkpointing import AtomicCheckpointIO, LastCheckpoint
+    from mambasuite.core.guards import NonFiniteGuard
+    from mambasuite.core.resumable import StepSeeder
 
     csv_logger = "pytorch_lightning.loggers.CSVLogger"
 
@@ -147,16 +165,34 @@ def _cli_class() -> type:
             kwargs.setdefault("parser_class", MambaSuiteParser)
             super().__init__(**kwargs)
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads the checkpoint's hyperparameters weights-only; turn a refusal into our clear error.
+            import pickle
+
+            try:
+                super()._parse_ckpt_path()
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+                from mambasuite.core.files import safe_torch_load
+
+                safe_torch_load(self.config[self.config.subcommand].get("ckpt_path"))  # raises, naming the file
+                raise err
+
         def add_arguments_to_parser(self, parser) -> None:
             # A dedicated group (not a trainer_defaults callback) so its fields are configurable and it can be
             # switched off with trainer.enable_checkpointing=false.
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+            parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
             parser.set_defaults({
-                "checkpoint.save_last": True,
+                # last.ckpt comes from last_checkpoint (two writers would make PL version it as last-v1.ckpt).
+                "checkpoint.save_last": False,
                 "checkpoint.auto_insert_metric_name": False,
                 # Metric names such as "val/acc" would create sub-folders if inserted automatically.
                 "checkpoint.filename": "epoch{epoch:03d}-step{step:06d}",
+                "last_checkpoint.every_n_train_steps": LAST_EVERY_N_STEPS,
             })
+            parser.add_argument("--overwrite_run", type=bool, default=False,
+                                help="Allow writing into an existing, non-empty run version or checkpoint folder.")
 
         def before_instantiate_classes(self) -> None:
             # Let --trainer.default_root_dir move the default CSV logger too.
@@ -171,20 +207,33 @@ def _cli_class() -> type:
                 and str(trainer.default_root_dir) != self.default_root_dir
             ):
                 logger.init_args.save_dir = str(trainer.default_root_dir)
+            if cfg.get("ckpt_path") == "last":
+                cfg.ckpt_path = resolve_last_checkpoint(cfg, required=self.subcommand != "fit")
+            check_run_dirs(cfg, resuming=bool(cfg.get("ckpt_path")))
+            if isinstance(logger, Namespace) and logger.get("class_path") == csv_logger and not trainer.fast_dev_run:
+                reserve_version(logger.init_args)
 
         def instantiate_trainer(self, **kwargs: Any):
             config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
             user_callbacks = config.get("callbacks") or []
             user_callbacks = user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]
-            extra = []
+            # Before the guard, so the guard's replay sees the batch's seeded random state.
+            extra = [StepSeeder()] if self.subcommand == "fit" else []
             for key in self._parser(self.subcommand).callback_keys:
                 # Checkpoints only matter while fitting (elsewhere the callback just warns that its dirpath moved);
                 # fast_dev_run is documented to disable them, but PL 2.6 still writes last.ckpt.
-                if key == "checkpoint" and (
+                if key in ("checkpoint", "last_checkpoint") and (
                     self.subcommand != "fit" or config.get("enable_checkpointing") is False or config.get("fast_dev_run")
                 ):
                     continue
+                if key == "nonfinite_guard" and self.subcommand != "fit":
+                    continue
                 extra.append(self._get(self.config_init, key))
+            plugins = config.get("plugins")
+            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins.append(AtomicCheckpointIO())
+            config["plugins"] = plugins
             if config.get("enable_progress_bar") is not False and not any(
                 isinstance(cb, ProgressBar) for cb in user_callbacks
             ):
@@ -196,6 +245,104 @@ def _cli_class() -> type:
             return self._instantiate_trainer(config, extra)
 
     return MambaSuiteCLI
+
+
+def _logger_versions_root(cfg) -> Path | None:
+    """``<save_dir>/<name>`` of the configured logger (where its ``version_N`` folders live), if it has one."""
+    from jsonargparse import Namespace
+
+    logger = cfg.trainer.get("logger")
+    if not isinstance(logger, Namespace) or not isinstance(logger.get("init_args"), Namespace):
+        return None
+    args = logger.init_args
+    save_dir = args.get("save_dir") or args.get("root_dir")
+    if not save_dir:
+        return None
+    name = args.get("name")
+    return Path(str(save_dir)) / ("lightning_logs" if name is None else str(name))
+
+
+def resolve_last_checkpoint(cfg, required: bool = False) -> str | None:
+    """The newest ``last.ckpt`` of this run (checkpoint dirpaths, every logger ``version_*``, default_root_dir).
+
+    When there is none yet: with ``required`` (validate/test/predict) a CLI error; otherwise ``None``, a fresh
+    start after a printed note, so ``fit --ckpt_path last`` can be set on the first run of a re-queued job.
+    """
+    candidates = []
+    for group in ("last_checkpoint", "checkpoint"):
+        dirpath = cfg.get(group) and cfg[group].get("dirpath")
+        if dirpath:
+            candidates.append(Path(str(dirpath)) / "last.ckpt")
+    root = _logger_versions_root(cfg)
+    if root is not None and root.is_dir():
+        candidates += root.glob("*/checkpoints/last.ckpt")
+    candidates.append(Path(str(cfg.trainer.default_root_dir)) / "checkpoints" / "last.ckpt")
+    found = [p for p in candidates if p.is_file()]
+    if not found and required:
+        _fail(f"--ckpt_path last: no last.ckpt under {root or cfg.trainer.default_root_dir}")
+    if not found:
+        print(f"{PROG}: --ckpt_path last: no last.ckpt under {root or cfg.trainer.default_root_dir} yet; "
+              f"starting a new run", file=sys.stderr, flush=True)
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    print(f"{PROG}: resuming from {newest}", file=sys.stderr, flush=True)
+    return str(newest)
+
+
+def _non_empty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def check_run_dirs(cfg, resuming: bool) -> None:
+    """Refuse (exit 2) to write into an explicit logger version or checkpoint folder that already holds files.
+
+    Lightning would delete that version's ``metrics.csv`` and overwrite same-named checkpoints. A resumed run
+    may reuse its checkpoint folder; ``--overwrite_run=true`` allows everything.
+    """
+    if cfg.get("overwrite_run"):
+        return
+    root = _logger_versions_root(cfg)
+    version = cfg.trainer.logger.init_args.get("version") if root is not None else None
+    if version is not None:
+        folder = root / (version if isinstance(version, str) else f"version_{version}")
+        if _non_empty_dir(folder):
+            _fail(f"run folder {folder} already exists and is not empty; drop trainer.logger.init_args.version "
+                  f"to get a new version_N (a resumed run writes a new one too), or pass --overwrite_run=true")
+    if resuming:
+        return
+    for group in ("last_checkpoint", "checkpoint"):
+        dirpath = cfg.get(group) and cfg[group].get("dirpath")
+        if dirpath and _non_empty_dir(Path(str(dirpath))):
+            _fail(f"{group}.dirpath {dirpath} already holds files; resume with --ckpt_path, choose another "
+                  f"folder, or pass --overwrite_run=true")
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is the first of its job (launchers set these before Lightning starts)."""
+    return all(int(os.environ.get(var, "0") or 0) == 0 for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def reserve_version(init_args) -> None:
+    """Give a CSV logger without a version the next free ``version_N``, created with ``mkdir`` (atomic).
+
+    Lightning picks ``max(existing) + 1`` without creating it, so two runs started together can pick the same
+    folder and the second deletes the first one's metrics. Only the first rank reserves; the others follow it
+    through Lightning's broadcast of the log dir.
+    """
+    if init_args.get("version") is not None or not _is_rank_zero():
+        return
+    root = Path(str(init_args.save_dir)) / str(init_args.get("name") or "")
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        init_args.version = version
+        return
 
 
 def _run_lightning(argv: list[str], pass_args: bool) -> None:

@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mambasuite.core.resumable import ResumableDataLoader
+
 IGNORE_INDEX = -100
 
 # One independent random stream per split, so changing n_train does not change the validation set.
@@ -168,7 +170,14 @@ class SelectiveCopyingDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Resumable: the shuffled order (from the run's seed) and the position in it are saved in checkpoints.
+        return ResumableDataLoader(
+            self._split("train"),
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+
+from .files import atomic_write
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedMixin"]
 
@@ -104,8 +107,10 @@ class PretrainedMixin:
         directory.mkdir(parents=True, exist_ok=True)
         config = {"architecture": _class_path(type(self)), "mambasuite_version": __version__,
                   "init_args": init_args}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_model(self, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        # Each file is replaced atomically (a kill leaves the old or the new file, never a torn one); weights
+        # first, so a config.json never describes weights that were not written.
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp), metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -132,7 +137,10 @@ class PretrainedMixin:
         for f in (config_file, weights_file):
             if not f.is_file():
                 raise FileNotFoundError(f"{dir_or_hub_id}: expected {f.name} in {directory}, not found")
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_file} is not valid JSON: {err}") from err
         if not isinstance(config, dict) or "architecture" not in config or "init_args" not in config:
             raise ValueError(f"{config_file} is not a mamba-suite config (needs 'architecture' and 'init_args')")
         target = _architecture_class(cls, config["architecture"])
@@ -140,7 +148,10 @@ class PretrainedMixin:
         _check_overrides(target, overrides)
         init_args.update(overrides)
         model = target(**init_args)
-        missing, unexpected = load_model(model, str(weights_file), strict=False, device="cpu")
+        try:
+            missing, unexpected = load_model(model, str(weights_file), strict=False, device="cpu")
+        except SafetensorError as err:  # truncated or not a safetensors file
+            raise ValueError(f"cannot read {weights_file}: {err}") from err
         if strict and (missing or unexpected):
             raise ValueError(
                 f"{weights_file} does not match {target.__name__}: missing keys {sorted(missing)}, "

@@ -109,7 +109,11 @@ class _SSMBranches(nn.Module):
 
     In LTI mode (`selective=False`) delta, B and C do not depend on the input: the branch holds
     `dt_bias{s}` (d_inner,), `B{s}` and `C{s}` (d_inner, N) instead of x_proj/dt_proj.
+
+    `capture` is an optional analytics hook (used by `core.analytics`); see `_call_capture`.
     """
+
+    capture = None  # None: no analytics, nothing extra is computed
 
     def _setup_ssm(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank, *, selective: bool,
                    dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float,
@@ -189,9 +193,15 @@ class _SSMBranches(nn.Module):
             B, C = getattr(self, f"B{s}"), getattr(self, f"C{s}")
             delta_bias = getattr(self, f"dt_bias{s}")
         A = -torch.exp(_at_least_fp32(getattr(self, f"A{s}_log")))
-        return selective_scan(x, delta, A, B, C, D=_at_least_fp32(getattr(self, f"D{s}")), z=z,
-                              delta_bias=_at_least_fp32(delta_bias), delta_softplus=True, reverse=reverse,
-                              backend=self.backend)
+        delta_bias = _at_least_fp32(delta_bias)
+        out = selective_scan(x, delta, A, B, C, D=_at_least_fp32(getattr(self, f"D{s}")), z=z,
+                             delta_bias=delta_bias, delta_softplus=True, return_last_state=self.capture is not None,
+                             reverse=reverse, backend=self.backend)
+        if self.capture is None:
+            return out
+        out, last_state = out
+        _call_capture(self, "rev" if reverse else "fwd", delta, delta_bias, A, z, last_state)
+        return out
 
     def _in_proj_xz(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, L, d_model) -> x, z each (batch, d_inner, L), with L contiguous (the kernels' layout)."""
@@ -338,6 +348,24 @@ class BiMamba(_SSMBranches):
         return self.out_proj(_combine(y_f, y_b, self.combine))
 
 
+def _call_capture(mixer: nn.Module, branch: str, delta: torch.Tensor, delta_bias: torch.Tensor,
+                  A: torch.Tensor, z: torch.Tensor | None, last_state: torch.Tensor) -> None:
+    """Analytics hook point: hand one scan's selective quantities, detached, to `mixer.capture`.
+
+    When a mixer's `capture` attribute is set to a callable (`core.analytics` does this on the steps it
+    samples), each scan calls `capture(mixer, branch, delta=..., delta_bias=..., A=..., z=...,
+    last_state=...)` with
+        delta: (batch, d, L) the step *before* bias and softplus (Delta = softplus(delta + delta_bias));
+        delta_bias: (d,) fp32;  A: (d, N) fp32 (negative);  z: (batch, d, L) gate input, or None;
+        last_state: (batch, d, N) fp32, the scan's state after its last step (free: the kernels keep it).
+    branch names the scan direction: "fwd" / "rev" for the 1D mixers, "row", "col", "row_rev", "col_rev"
+    for SS2D (positions then run in that route's scan order). With `capture = None` (the default) the
+    forward is unchanged.
+    """
+    mixer.capture(mixer, branch, delta=delta.detach(), delta_bias=delta_bias.detach(), A=A.detach(),
+                  z=None if z is None else z.detach(), last_state=last_state.detach())
+
+
 def _combine(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor:
     if how == "add":
         return a + b
@@ -370,9 +398,13 @@ class SS2D(nn.Module):
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.
+
+    `capture` is the optional analytics hook of the 1D mixers (see `_call_capture`); the z gate acts
+    after the merge, so captures carry z=None.
     """
 
     K = 4  # scan routes
+    capture = None  # None: no analytics, nothing extra is computed
 
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank: int | str = "auto",
                  d_conv: int = 3, *, conv_bias: bool = False, gate: bool = False, bias: bool = False,
@@ -447,8 +479,14 @@ class SS2D(nn.Module):
                 rearrange(seqs, "b k d l -> b (k d) l"), rearrange(delta, "b k d l -> b (k d) l"),
                 rearrange(A[ks], "k d n -> (k d) n"), Bs.contiguous(), Cs.contiguous(),  # grouped: G = 2
                 D=Ds[ks].reshape(-1), delta_bias=delta_bias[ks].reshape(-1), delta_softplus=True,
-                reverse=reverse, backend=self.backend,
-            ).view(batch, 2, e, length)
+                return_last_state=self.capture is not None, reverse=reverse, backend=self.backend,
+            )
+            if self.capture is not None:
+                ys, last_state = ys
+                for j, route in enumerate(("row", "col")):
+                    _call_capture(self, route + ("_rev" if reverse else ""), delta[:, j], delta_bias[ks][j],
+                                  A[ks][j], None, last_state[:, j * e:(j + 1) * e])
+            ys = ys.view(batch, 2, e, length)
             merged = ys if merged is None else merged + ys
         # Route pairs summed; bring the column-major pair back to row-major order and add.
         rows = rearrange(merged[:, 0], "b d (h w) -> b d h w", h=height)

@@ -56,6 +56,7 @@ def convert(family: str, src: str | Path, dst: str | Path, model_name: str | Non
     from safetensors.torch import save_file
 
     import mambasuite.vision  # noqa: F401
+    from mambasuite.core.files import atomic_write
     from mambasuite.vision.models import vim, vmamba
     from mambasuite.vision.models._helpers import load_strict, read_checkpoint, unwrap_state_dict
 
@@ -76,9 +77,9 @@ def convert(family: str, src: str | Path, dst: str | Path, model_name: str | Non
     model = timm.create_model(name, **kwargs)
     sd = filter_fn(sd, model)
     load_strict(model, sd, f"{src} (as {name})")
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dst),
-              metadata={"format": "pt", "architecture": name, "num_classes": str(kwargs["num_classes"])})
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "architecture": name, "num_classes": str(kwargs["num_classes"])}
+    atomic_write(dst, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))  # a kill leaves no torn file
     return name
 
 

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from mambasuite.core.resumable import ResumableDataLoader
+
 __all__ = ["CifarDataset", "ImageDataModule", "load_rgb", "write_digits_imagefolder"]
 
 _DONE = ".complete"
@@ -38,8 +40,8 @@ def load_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image file {path}: {err}") from err
+    except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError, ...
+        raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
 
 
 def write_digits_imagefolder(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -68,9 +70,14 @@ def write_digits_imagefolder(root: str | os.PathLike, val_fraction: float = 0.2,
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i], mode="L").save(folder / f"{i:04d}.png")
     (tmp / _DONE).write_text("scikit-learn load_digits, stratified split, seed %d\n" % seed)
-    if root.exists():  # a stale, unfinished tree
-        shutil.rmtree(root)
-    tmp.rename(root)
+    try:
+        tmp.rename(root)
+    except OSError:
+        if (root / _DONE).is_file():  # another process (a DDP rank) finished first: keep its tree
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root
+        shutil.rmtree(root)  # a stale tree without the completion mark (never one of ours: we rename whole trees)
+        tmp.rename(root)
     return root
 
 
@@ -105,8 +112,25 @@ def _read_cifar_file(path: Path) -> dict:
     try:
         with path.open("rb") as f:
             return _ArraysOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read CIFAR batch file {path}: {err}") from err
+    except Exception as err:  # refused globals, truncation (EOFError), garbage (any unpickling error)
+        raise ValueError(f"cannot read CIFAR batch file {path}: {type(err).__name__}: {err}") from err
+
+
+def _check_cifar_batch(path: Path, batch, label_key: bytes) -> dict:
+    """The batch dict if it has uint8 `data` (n, 3072) and n integer labels; ValueError naming `path` otherwise."""
+    import numpy as np
+
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(label_key) if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        seen = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"CIFAR batch file {path}: expected b'data' as a uint8 array (n, 3072), got {seen}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]:
+        raise ValueError(f"CIFAR batch file {path}: expected {data.shape[0]} labels under {label_key!r}, got "
+                         f"{len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__}")
+    if not all(isinstance(t, (int, np.integer)) for t in labels):
+        raise ValueError(f"CIFAR batch file {path}: labels under {label_key!r} must be integers")
+    return batch
 
 
 class CifarDataset(Dataset):
@@ -130,10 +154,17 @@ class CifarDataset(Dataset):
             meta, label_key, names_key = "meta", b"fine_labels", b"fine_label_names"
         if not folder.is_dir():
             raise FileNotFoundError(f"{name}: expected the extracted python archive folder {folder}")
-        batches = [_read_cifar_file(folder / f) for f in files]
+        batches = [_check_cifar_batch(folder / f, _read_cifar_file(folder / f), label_key) for f in files]
         self.images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         self.targets = [int(t) for b in batches for t in b[label_key]]
-        self.classes = [c.decode() for c in _read_cifar_file(folder / meta)[names_key]]
+        meta_dict = _read_cifar_file(folder / meta)
+        names = meta_dict.get(names_key) if isinstance(meta_dict, dict) else None
+        if not isinstance(names, list) or not all(isinstance(c, bytes) for c in names):
+            raise ValueError(f"CIFAR meta file {folder / meta} has no list of class names under {names_key!r}")
+        self.classes = [c.decode() for c in names]
+        bad = sorted({t for t in self.targets if not 0 <= t < len(self.classes)})
+        if bad:
+            raise ValueError(f"CIFAR batches in {folder} hold labels {bad[:5]} outside 0..{len(self.classes) - 1}")
         self.transform = transform
 
     def __len__(self) -> int:
@@ -230,9 +261,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=train, num_workers=hp.num_workers,
-                          drop_last=train and hp.drop_last, persistent_workers=hp.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        common = dict(batch_size=hp.batch_size, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
+        if train:  # order, position and per-image augmentation seeds resume from checkpoints
+            return ResumableDataLoader(dataset, shuffle=True, drop_last=hp.drop_last, **common)
+        return DataLoader(dataset, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

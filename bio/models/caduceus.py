@@ -12,8 +12,13 @@
 
 Sub-module names follow the Hugging Face Caduceus layout where it costs nothing (`mamba_fwd`/`mamba_rev`,
 `submodule`, `embeddings.word_embeddings`, `complement_map`), so a converter is mostly renames.
-The PS stack keeps the two halves in order at every block (Caduceus' unfused path); its fused path swaps
-them per block, which a converter for the released weights must reproduce.
+
+The PS stack keeps the two halves in order at every block by default (Caduceus' unfused add+norm path).
+The official *fused* add+norm path (`fused_add_norm: true`, used by the released checkpoints) hands the
+second half to the "forward" norm and the flipped first half to the "RC" norm, so the residual stream's
+halves are exchanged at every block: `swap_halves=True` reproduces that (`mamba-suite convert caduceus`
+sets it). Both orderings are RC-equivariant (the swap commutes with rc) but give different outputs for
+the same weights. The final norm keeps the halves in order on both official paths.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ...core.blocks import MambaBackbone, RMSNorm
+from ...core.blocks import MambaBackbone
 from ...core.hub import PretrainedMixin
 from ...core.mixers import check_choice, check_positive_int
 from ..tokenizer import COMPLEMENT_MAP, PAD_ID, VOCAB_SIZE
 
 __all__ = [
     "RCPS", "RCPSEmbedding", "Caduceus", "CaduceusForMaskedLM", "CaduceusForSequenceClassification",
-    "rc_hidden", "caduceus_ph_tiny", "caduceus_ps_tiny", "mamba_dna_tiny",
+    "rc_hidden", "swap_halves", "caduceus_ph_tiny", "caduceus_ps_tiny", "mamba_dna_tiny",
     "caduceus_ph_118_4l", "caduceus_ps_118_4l", "caduceus_ph_256_4l", "caduceus_ps_256_4l",
     "caduceus_ph_256_16l", "caduceus_ps_256_16l",
 ]
@@ -38,6 +44,16 @@ __all__ = [
 def rc_hidden(h: torch.Tensor) -> torch.Tensor:
     """Reverse complement of an RCPS hidden tensor: (batch, L, C) flipped along L and C."""
     return h.flip(-2, -1)
+
+
+def swap_halves(h: torch.Tensor) -> torch.Tensor:
+    """Exchange the two channel halves of an RCPS tensor: [h_f, h_r] -> [h_r, h_f]; (batch, L, 2d) -> same.
+
+    This is what the official fused add+norm path does to the residual stream at every block. It commutes
+    with `rc_hidden`, so it keeps the model RC-equivariant.
+    """
+    h_f, h_r = h.chunk(2, dim=-1)
+    return torch.cat([h_r, h_f], dim=-1)
 
 
 class RCPS(nn.Module):
@@ -103,20 +119,26 @@ class Caduceus(PretrainedMixin, nn.Module):
         bidirectional_weight_tie: tie mamba_rev's in/out projections to mamba_fwd's.
         d_state, d_conv, expand: mixer sizes. complement_map: None = the tokenizer's.
         residual_in_fp32, norm_eps, drop_path_rate, backend: see `MambaBackbone`.
+        swap_halves: (rcps only) exchange the residual stream's halves before every block, as the official
+            fused add+norm path does; needed to reproduce the released PS checkpoints (see the module docs).
+        grad_checkpointing: recompute each block in backward (activation memory of one block, not all).
     """
 
     def __init__(self, d_model: int = 256, n_layer: int = 4, vocab_size: int = VOCAB_SIZE, rcps: bool = False,
                  bidirectional: bool = True, bidirectional_strategy: str = "add",
                  bidirectional_weight_tie: bool = True, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  complement_map: list[int] | None = None, residual_in_fp32: bool = False, norm_eps: float = 1e-5,
-                 drop_path_rate: float = 0.0, backend: str = "auto") -> None:
+                 drop_path_rate: float = 0.0, backend: str = "auto", swap_halves: bool = False,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
         check_choice("bidirectional_strategy", bidirectional_strategy, ("add", "ew_multiply"))
         if rcps and not bidirectional:
             raise ValueError("rcps=True needs bidirectional=True (an RC-equivariant model sees both directions)")
-        self.rcps, self.bidirectional = bool(rcps), bool(bidirectional)
+        if swap_halves and not rcps:
+            raise ValueError("swap_halves=True needs rcps=True (it reorders the two RCPS channel halves)")
+        self.rcps, self.bidirectional, self.swap_halves = bool(rcps), bool(bidirectional), bool(swap_halves)
         self.hidden_size = 2 * d_model if rcps else d_model
         cmap = _complement_tensor(complement_map, vocab_size)
         self.register_buffer("complement_map", cmap, persistent=False)
@@ -130,7 +152,7 @@ class Caduceus(PretrainedMixin, nn.Module):
                               bimamba_combine="add" if bidirectional_strategy == "add" else "mul")
         self.backbone = MambaBackbone(d_model, n_layer, d_state=d_state, d_conv=d_conv, expand=expand,
                                       drop_path_rate=drop_path_rate, residual_in_fp32=residual_in_fp32,
-                                      norm_eps=norm_eps, backend=backend,
+                                      norm_eps=norm_eps, backend=backend, grad_checkpointing=grad_checkpointing,
                                       **(mixer_args or dict(mixer="mamba")))
         if rcps:
             # Same parameters, used on both strands: wrap every norm and mixer of the core stack.
@@ -149,6 +171,36 @@ class Caduceus(PretrainedMixin, nn.Module):
         """Reverse complement of token ids: (batch, L) -> (batch, L)."""
         return self.complement_map[ids.flip(-1)]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn per-block activation checkpointing on or off (timm's method name)."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    def pool(self, input_ids: torch.Tensor, pooling: str = "mean", conjoin: bool = False) -> torch.Tensor:
+        """RC-aware per-sequence embedding: input_ids (batch, L) int64 -> (batch, d_model).
+
+        Pools ("mean" or "max") over non-[PAD] positions. With rcps, the forward half and the RC half (turned
+        back to forward orientation) are pooled separately and averaged, so the result is RC-invariant; with
+        `conjoin` (Ph) the same is done post hoc with a second pass on rc(input_ids).
+        """
+        check_choice("pooling", pooling, ("mean", "max"))
+        mask = input_ids != PAD_ID
+
+        def pooled(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            if pooling == "mean":
+                w = m.unsqueeze(-1).to(h.dtype)
+                return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+            return h.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
+
+        h = self(input_ids)
+        if self.rcps:
+            h_f, h_r = h.chunk(2, dim=-1)
+            # rc(h_r) holds the RC strand's features in forward orientation, aligned with the flipped mask.
+            return (pooled(h_f, mask) + pooled(rc_hidden(h_r), mask.flip(-1))) / 2
+        out = pooled(h, mask)
+        if conjoin:
+            out = (out + pooled(self(self.rc_ids(input_ids)), mask.flip(-1))) / 2
+        return out
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (batch, L) int64 -> (batch, L, hidden_size) after the final norm."""
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
@@ -159,8 +211,15 @@ class Caduceus(PretrainedMixin, nn.Module):
             return self.backbone(h)
         # Same add+norm loop as MambaBackbone.forward, on 2*d_model channels (its input check is for d_model).
         bb, residual = self.backbone, None
+        use_ckpt = bb.grad_checkpointing and self.training and torch.is_grad_enabled()
         for layer in bb.layers:
-            h, residual = layer(h, residual)
+            if self.swap_halves:
+                # Block computes residual + h; swapping both inputs swaps the sum (the official fused path).
+                h, residual = swap_halves(h), None if residual is None else swap_halves(residual)
+            if use_ckpt:
+                h, residual = checkpoint(layer, h, residual, use_reentrant=False)
+            else:
+                h, residual = layer(h, residual)
         residual = residual + bb.drop_path_f(h)
         if bb.residual_in_fp32:
             residual = residual.float()
@@ -178,11 +237,10 @@ class CaduceusForMaskedLM(PretrainedMixin, nn.Module):
                  bidirectional: bool = True, bidirectional_strategy: str = "add",
                  bidirectional_weight_tie: bool = True, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  complement_map: list[int] | None = None, residual_in_fp32: bool = False, norm_eps: float = 1e-5,
-                 drop_path_rate: float = 0.0, backend: str = "auto") -> None:
+                 drop_path_rate: float = 0.0, backend: str = "auto", swap_halves: bool = False,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
-        self.caduceus = Caduceus(d_model, n_layer, vocab_size, rcps, bidirectional, bidirectional_strategy,
-                                 bidirectional_weight_tie, d_state, d_conv, expand, complement_map,
-                                 residual_in_fp32, norm_eps, drop_path_rate, backend)
+        self.caduceus = Caduceus(**self.config)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch, L) int64 -> (batch, L, vocab_size) logits."""
@@ -197,9 +255,10 @@ class CaduceusForMaskedLM(PretrainedMixin, nn.Module):
 class CaduceusForSequenceClassification(PretrainedMixin, nn.Module):
     """Caduceus backbone + pooling + linear score: input_ids (batch, L) -> logits (batch, num_labels).
 
-    Pooling ("mean" over non-[PAD] tokens, or "max") runs per strand; with rcps the forward half and the
-    flipped RC half are pooled and scored with the same `score` layer and averaged, which makes the
-    prediction RC-invariant. `conjoin` (Ph) does the same post hoc: average of the logits on x and rc(x).
+    logits = score(Caduceus.pool(input_ids)): pooling ("mean" over non-[PAD] tokens, or "max") runs per
+    strand; with rcps the forward half and the flipped RC half are pooled and averaged, which makes the
+    prediction RC-invariant. `conjoin` (Ph) does the same post hoc with a pass on rc(x). (`score` is linear
+    without bias, so this equals averaging the two strands' logits, as Caduceus does.)
 
     Args: num_labels, pooling, conjoin, then as `Caduceus`.
     """
@@ -209,38 +268,18 @@ class CaduceusForSequenceClassification(PretrainedMixin, nn.Module):
                  bidirectional_strategy: str = "add", bidirectional_weight_tie: bool = True, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, complement_map: list[int] | None = None,
                  residual_in_fp32: bool = False, norm_eps: float = 1e-5, drop_path_rate: float = 0.0,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", swap_halves: bool = False, grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.num_labels = check_positive_int("num_labels", num_labels)
         self.pooling = check_choice("pooling", pooling, ("mean", "max"))
         self.conjoin = bool(conjoin)
-        self.caduceus = Caduceus(d_model, n_layer, vocab_size, rcps, bidirectional, bidirectional_strategy,
-                                 bidirectional_weight_tie, d_state, d_conv, expand, complement_map,
-                                 residual_in_fp32, norm_eps, drop_path_rate, backend)
+        backbone_args = {k: v for k, v in self.config.items() if k not in ("num_labels", "pooling", "conjoin")}
+        self.caduceus = Caduceus(**backbone_args)
         self.score = nn.Linear(d_model, num_labels, bias=False)
-
-    def _pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """h (batch, L, d), mask (batch, L) bool -> (batch, d)."""
-        m = mask.unsqueeze(-1).to(h.dtype)
-        if self.pooling == "mean":
-            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-
-    def _logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.caduceus(input_ids)
-        mask = input_ids != PAD_ID
-        if not self.caduceus.rcps:
-            return self.score(self._pool(h, mask))
-        h_f, h_r = h.chunk(2, dim=-1)
-        # rc(h_r) is the RC strand's features in forward orientation, aligned with the flipped mask.
-        return (self.score(self._pool(h_f, mask)) + self.score(self._pool(rc_hidden(h_r), mask.flip(-1)))) / 2
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch, L) int64 -> (batch, num_labels) logits."""
-        logits = self._logits(input_ids)
-        if self.conjoin and not self.caduceus.rcps:
-            logits = (logits + self._logits(self.caduceus.rc_ids(input_ids))) / 2
-        return logits
+        return self.score(self.caduceus.pool(input_ids, self.pooling, self.conjoin))
 
     def backbone_state_from(self, source: Caduceus) -> None:
         """Copy a pretrained `Caduceus` backbone's weights (strict) into this model's backbone."""

@@ -146,3 +146,70 @@ def test_pretrain_datamodule_on_default_genome(tmp_path):
 def test_entropy_helpers():
     assert unigram_entropy("ACGT" * 10) == pytest.approx(math.log(4))
     assert markov2_entropy("ACGT" * 50) == pytest.approx(0.0, abs=1e-9)
+
+
+# ---- hg38-style BED, interval tiling, Genomic Benchmarks / FASTQ / k-mer data modules -----------------------
+
+from mambasuite.bio.data import tile_intervals  # noqa: E402
+from mambasuite.bio.tokenizer import KmerTokenizer  # noqa: E402
+
+
+def test_bed_with_split_in_fourth_column(hg38_like):
+    fasta, bed = hg38_like
+    ivs = read_bed(bed, FastaGenome(fasta))
+    assert [(iv.label, iv.split) for iv in ivs] == [(-1, "train"), (-1, "train"), (-1, "val"), (-1, "test")]
+
+
+def test_tile_intervals_extends_and_cuts():
+    tiles = tile_intervals([Interval("c", 1000, 1100, -1, "val", 3)], extend_to=400, seq_len=100)
+    assert [(t.start, t.end) for t in tiles] == [(850, 950), (950, 1050), (1050, 1150), (1150, 1250)]
+    assert {t.split for t in tiles} == {"val"}
+    with pytest.raises(ValueError, match="multiple of seq_len"):
+        tile_intervals([], extend_to=150, seq_len=100)
+
+
+def test_pretrain_windows_from_hg38_style_bed(hg38_like):
+    fasta, bed = hg38_like
+    dm = DNAPretrainDataModule(fasta=str(fasta), bed=str(bed), seq_len=64, bed_extend=256, rc_aug=False,
+                               max_n_fraction=1.0, batch_size=4)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 8, "val": 4, "test": 4}
+    genome = FastaGenome(fasta)
+    ids, label = dm.datasets["val"][0]  # chr2 1000-1400, centre 1200 -> tiles from 1072
+    assert DNATokenizer().decode(ids) == genome.fetch("chr2", 1072, 1136) and label.item() == -1
+
+
+def test_classification_from_genomic_benchmark(gb_folder):
+    dm = DNAClassificationDataModule(gb_dir=str(gb_folder), seq_len=40, batch_size=4, val_fraction=0.25, rc_aug=True)
+    dm.setup()
+    assert dm.classes == ["negative", "positive"]
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 9, "val": 3, "test": 12}
+    ids, labels = next(iter(dm.test_dataloader()))
+    assert ids.shape == (4, 40) and ids[:, :10].eq(PAD_ID).all()  # 30 bases left-padded to 40
+    with pytest.raises(ValueError, match="2 classes .* but num_classes=3"):
+        DNAClassificationDataModule(gb_dir=str(gb_folder), num_classes=3).setup()
+    with pytest.raises(ValueError, match="pass one data source, got csv and gb_dir"):
+        DNAClassificationDataModule(csv="x.csv", gb_dir=str(gb_folder))
+
+
+def test_pretrain_from_fastq(tmp_path):
+    f = tmp_path / "r.fastq"
+    f.write_text("".join(f"@read{i}\n{'ACGTN'[i % 5] * 3}ACGTACGT\n+\n{'I' * 11}\n" for i in range(20)))
+    dm = DNAPretrainDataModule(fastq=str(f), seq_len=12, batch_size=4, max_n_fraction=0.5)
+    dm.setup()
+    assert sum(len(d) for d in dm.datasets.values()) == 20
+    ids, _ = dm.datasets["train"][0]
+    assert ids.shape == (12,) and ids[0] == PAD_ID and not (ids == 11).any()  # N -> [PAD]
+    with pytest.raises(ValueError, match="either fastq or fasta"):
+        DNAPretrainDataModule(fastq=str(f), fasta="g.fa")
+
+
+def test_kmer_windows_and_rc_on_bases(genome_files):
+    fa, bed = genome_files
+    g = FastaGenome(fa)
+    tok = KmerTokenizer(2)
+    ds = GenomeWindows(g, read_bed(bed, g), seq_len=6, tokenizer=tok)
+    assert tok.decode(ds[1][0]) == "CCCAAA" and ds[1][0].shape == (3,)
+    torch.manual_seed(0)
+    aug = GenomeWindows(g, read_bed(bed, g), seq_len=6, rc_aug=True, tokenizer=tok)
+    assert {tok.decode(aug[1][0]) for _ in range(30)} == {"CCCAAA", "TTTGGG"}

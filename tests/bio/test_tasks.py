@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from mambasuite.bio.models import Caduceus
-from mambasuite.bio.tasks import DNASequenceClassifier, mask_tokens
+from mambasuite.bio.tasks import DNACausalLM, DNAMaskedLM, DNASequenceClassifier, mask_tokens
 from mambasuite.bio.tokenizer import MASK_ID, PAD_ID
 from mambasuite.core import cli
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs" / "bio").glob("*.yaml"))
 
 
 def test_mask_tokens_80_10_10():
@@ -55,19 +54,54 @@ def test_classifier_init_from_pretrained_backbone(tmp_path):
     assert task(torch.randint(7, 11, (2, 10))).shape == (2, 3)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_config_fast_dev_run(config, tmp_path, monkeypatch):
+def test_causal_lm_loss_is_next_token_cross_entropy():
+    torch.manual_seed(0)
+    task = DNACausalLM(d_model=8, n_layer=1)
+    ids = torch.randint(7, 11, (3, 12))
+    ids[0, :4] = PAD_ID  # left padding: never a target
+    logits, targets = task.logits_and_targets(ids)
+    assert logits.shape == (3, 11, 16) and (targets[0, :3] == -100).all()
+    full = task(ids[:, :-1]).log_softmax(-1)
+    direct = [-full[b, t, ids[b, t + 1]] for b in range(3) for t in range(11) if ids[b, t + 1] != PAD_ID]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 16), targets.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, torch.stack(direct).mean())
+
+
+def test_kmer_masked_lm_masks_kmer_ids():
+    task = DNAMaskedLM(d_model=8, n_layer=1, kmer=3, mlm_probability=0.5)
+    assert task.model.caduceus.vocab_size == 80
+    ids = torch.randint(12, 76, (4, 50))
+    ids[:, :5] = PAD_ID
+    logits, targets = task.logits_and_targets(ids, torch.Generator().manual_seed(0))
+    sel = targets != -100
+    assert logits.shape == (4, 50, 80) and not sel[:, :5].any() and sel.float().mean() > 0.3
+    masked, _ = mask_tokens(ids, 0.5, torch.Generator().manual_seed(0), (7, 75), (12, 75))
+    swapped = (masked != ids) & (masked != MASK_ID)
+    assert ((masked[swapped] >= 12) & (masked[swapped] <= 75)).all()  # random replacements are k-mers
+
+
+def test_pretrained_backbone_arguments_pass_through(tmp_path):
+    Caduceus(d_model=8, n_layer=2, rcps=True, swap_halves=True, norm_eps=1e-6).save_pretrained(tmp_path / "ps")
+    task = DNASequenceClassifier(num_classes=2, pretrained=str(tmp_path / "ps"))
+    assert task.model.caduceus.swap_halves and task.model.caduceus.backbone.norm_f.submodule.eps == 1e-6
+    with pytest.raises(ValueError, match="vocab_size 16, but kmer=2 needs 32"):
+        DNASequenceClassifier(pretrained=str(tmp_path / "ps"), kmer=2)
+    Caduceus(d_model=8, n_layer=1, bidirectional=False).save_pretrained(tmp_path / "causal")
+    with pytest.raises(ValueError, match="use DNACausalLM"):
+        DNAMaskedLM(pretrained=str(tmp_path / "causal"))
+    with pytest.raises(ValueError, match="causal LM needs bidirectional=False"):
+        DNACausalLM(pretrained=str(tmp_path / "ps"))
+    assert DNACausalLM(pretrained=str(tmp_path / "causal")).model.caduceus.bidirectional is False
+
+
+def test_model_and_data_kmer_must_agree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mamba-suite"])
-    small = '{"n_contigs": 3, "contig_length": 3000}'
-    args = ["fit", "-c", str(config), "--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}", f"--data.init_args.genome_kwargs={small}"]
-    if "mlm" in config.stem:
-        args.append(f"--model.init_args.export_dir={tmp_path / 'bb'}")
-    assert cli.main(args) == 0
-    assert len(list((tmp_path / "cache").glob("genome_*/genome.fa"))) == 1
-    if "mlm" in config.stem:
-        assert Caduceus.from_pretrained(tmp_path / "bb").d_model > 0
+    with pytest.raises(ValueError, match=r"kmer=2\) has vocab_size 32, the model has 16"):
+        cli.main(["fit", "-c", str(REPO / "configs/bio/dna_synthetic_mlm.yaml"), "--trainer.fast_dev_run=1",
+                  "--trainer.enable_progress_bar=false", "--data.init_args.kmer=2",
+                  f"--data.init_args.cache_dir={tmp_path}", '--data.init_args.genome_kwargs={"n_contigs": 3, '
+                  '"contig_length": 3000}', "--model.init_args.export_dir=null"])
 
 
 def _run_cli(args: list[str], cwd: Path, timeout: int) -> float:

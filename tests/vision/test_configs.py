@@ -20,7 +20,9 @@ def _fit(config: str, tmp_path, *extra: str) -> None:
 
 def test_all_configs_are_covered():
     assert {p.name for p in CONFIGS.glob("*.yaml")} == {
-        "vim_digits.yaml", "vmamba_digits.yaml", "vim_tiny_imagenet.yaml", "finetune_vim_imagefolder.yaml"}
+        "vim_digits.yaml", "vmamba_digits.yaml", "vim_tiny_imagenet.yaml", "finetune_vim_imagefolder.yaml",
+        # medical segmentation configs, run by tests/vision/medseg/test_configs.py
+        "seg3d_synthetic.yaml", "seg2d_synthetic.yaml", "seg2d_vmamba.yaml", "msd_spleen.yaml", "btcv.yaml"}
 
 
 @pytest.mark.parametrize("config", ["vim_digits.yaml", "vmamba_digits.yaml"])

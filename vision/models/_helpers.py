@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mambasuite.core.files import safe_torch_load
+
 __all__ = ["read_checkpoint", "load_pretrained_into", "load_strict", "unwrap_state_dict", "use_own_loader"]
 
 
@@ -31,14 +33,16 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, zip errors, truncated files...
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    # weights_only=True plus the allow-list above; a pickle asking for anything else raises UnsafeCheckpointError
+    # (a ValueError naming the file), truncated or foreign files a ValueError naming it.
+    return safe_torch_load(path, safe_globals=_SAFE_GLOBALS, map_location="cpu")
 
 
 def unwrap_state_dict(ckpt: dict, use_ema: bool = False) -> dict[str, torch.Tensor]:

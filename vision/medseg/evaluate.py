@@ -1,0 +1,209 @@
+"""`mamba-suite evaluate -c CONFIG --ckpt_path CKPT [--out DIR]`: segmentation masks, metrics and overlays.
+
+Builds the config's model and data (the YAML used for `fit`; dotted overrides such as
+`--data.init_args.data_dir=...` work), loads the Lightning checkpoint strictly
+(`torch.load(weights_only=True)`) and, for every case of the split (`--split val`: the held-out
+labelled cases; `--split test`: dataset.json's unlabelled test list), runs the evaluation transforms,
+sliding-window inference and argmax, then maps the mask back to the input's space with `Invertd`
+(orientation, spacing and crop undone; nearest interpolation) and writes into `--out`
+(default `runs/<config stem>/eval/`):
+
+* `masks/<case>_seg.nii.gz` (SaveImaged, uint8) with the input image's affine and shape;
+* `metrics.csv`: per case and foreground class Dice, HD95 (mm) and surface Dice, computed in the
+  input's space against the label file, and the case's mean Dice (labelled splits only);
+* `summary.json`: means per class and overall, case count, timings, checkpoint and config;
+* `overlays/<case>.png`: the middle slice (last axis) of image, ground truth and prediction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import METRICS, case_metrics, spacing_from_affine
+
+__all__ = ["evaluate_cases", "main"]
+
+
+def _parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from pytorch_lightning import LightningDataModule, LightningModule
+
+    parser = ArgumentParser(prog="mamba-suite evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="the YAML used for fit")
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
+    parser.add_argument("--out", type=str | None, default=None, help="output folder")
+    parser.add_argument("--split", type=str, default="val", help="val (labelled, held out) | test (unlabelled)")
+    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--max_cases", type=int | None, default=None, help="stop after this many cases")
+    parser.add_argument("--overlays", type=bool, default=True, help="write PNG overlays")
+    for ignored in ("trainer", "checkpoint", "seed_everything", "optimizer", "lr_scheduler"):
+        parser.add_argument(f"--{ignored}", type=dict | int | None, default=None)
+    return parser
+
+
+def _case_id(path: str) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".gz"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, num_classes: int, title: str,
+             path: Path) -> None:
+    """PNG of the middle slice along the last axis: image, ground truth (if any), prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def middle(a):
+        return a[..., a.shape[-1] // 2] if a.ndim == 3 else a
+
+    img = middle(image)
+    panels = [("image", None)] + ([("ground truth", middle(label))] if label is not None else [])
+    panels.append(("prediction", middle(pred)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    cmap = plt.get_cmap("tab10", max(num_classes, 2))
+    for ax, (name, mask) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(img.T, cmap="gray", origin="lower")  # transpose: array axis 0 runs left-right
+        if mask is not None:
+            ax.imshow(np.ma.masked_equal(mask.T, 0), cmap=cmap, vmin=0, vmax=max(num_classes - 1, 1), alpha=0.5,
+                      origin="lower", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def evaluate_cases(task, files: list[dict], transform, out: Path, num_classes: int, class_names: list[str],
+                   device: torch.device, nsd_tolerance=2.0, overlays: bool = True) -> dict:
+    """Predict, invert, save and score every case of `files` (see the module docstring).
+
+    Args:
+        task: a module with `infer(images (1, C, *S)) -> logits (1, K, *S)` (e.g. SegmentationTask).
+        files: [{"image": path, "label": path (optional)}]; transform: the evaluation Compose for
+            exactly those keys (Invertd inverts it). out: output folder. class_names: K names.
+    Returns the summary dict (also written to summary.json).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd, LoadImage, SaveImaged
+
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    if overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+    invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True, to_tensor=True)
+    save = SaveImaged(keys="pred", output_dir=str(out / "masks"), output_postfix="seg", separate_folder=False,
+                      resample=False, output_dtype=np.uint8, print_log=False)
+    load = LoadImage(image_only=True, ensure_channel_first=True)
+    fg = [str(c) for c in class_names[1:]]
+    rows, per_case, seconds = [], [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                          enabled=False)
+    task = task.to(device).eval()
+    for item in files:
+        start = time.perf_counter()
+        data = transform(dict(item))
+        with torch.no_grad(), autocast:
+            logits = task.infer(data["image"][None].to(device))
+        # (1, *S) in the preprocessed space; Invertd gives it the image's metadata and undoes its transforms
+        data["pred"] = MetaTensor(logits.argmax(1).to(torch.uint8).cpu())
+        data = invert(data)
+        save(data)
+        seconds.append(time.perf_counter() - start)
+        case = _case_id(item["image"])
+        pred = data["pred"]
+        row = {"case": case, "image": item["image"], "seconds": round(seconds[-1], 3)}
+        label = None
+        if "label" in item:
+            label = load(item["label"])
+            if tuple(label.shape[1:]) != tuple(pred.shape[1:]):
+                raise ValueError(f"inverted prediction {tuple(pred.shape[1:])} does not match label {item['label']} "
+                                 f"{tuple(label.shape[1:])}")
+            spacing = spacing_from_affine(label.affine, label.dim() - 1)
+            scores = case_metrics(pred[None], label[None], num_classes, spacing, nsd_tolerance)
+            per_case.append(torch.stack([scores[m][0] for m in METRICS]))
+            for m in METRICS:
+                row.update({f"{m}_{c}": float(v) for c, v in zip(fg, scores[m][0])})
+            row["mean_dice"] = float(np.nanmean(scores["dice"][0].numpy())) if not scores["dice"].isnan().all() \
+                else math.nan
+        rows.append(row)
+        if overlays:
+            image = load(item["image"])[0].numpy()
+            _overlay(image, None if label is None else label[0].numpy(), pred[0].numpy(), num_classes,
+                     f"{case}" + (f"  mean Dice {row['mean_dice']:.3f}" if "mean_dice" in row else ""),
+                     out / "overlays" / f"{case}.png")
+    if rows:
+        with (out / "metrics.csv").open("w", newline="") as f:
+            fields = list(dict.fromkeys(k for r in rows for k in r))
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    summary = {"n_cases": len(rows), "classes": list(class_names), "seconds_per_case": float(np.mean(seconds)) if
+               seconds else None, "device": str(device), "masks": str(out / "masks")}
+    if per_case:
+        table = torch.stack(per_case).nanmean(dim=0)  # (metric, class), NaN cases ignored
+        for i, m in enumerate(METRICS):
+            summary[f"{m}_per_class"] = {c: _finite(v) for c, v in zip(fg, table[i].tolist())}
+            summary[f"mean_{m}"] = _finite(float(table[i].nanmean()))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: undefined means (every case empty) become null."""
+    return None if math.isnan(value) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry (see the module docstring). Returns 0 and prints the output folder."""
+    parser = _parser()
+    cfg = parser.parse_args(argv)
+    ckpt_path = Path(cfg.ckpt_path)
+    if not ckpt_path.is_file():
+        parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    if cfg.split not in ("val", "test"):
+        parser.error(f"--split must be 'val' or 'test', got {cfg.split!r}")
+    init = parser.instantiate_classes(cfg)
+    task, data = init.model, init.data
+    if not hasattr(task, "infer"):
+        parser.error(f"model {type(task).__name__} has no infer(); use mambasuite.vision.medseg.tasks.SegmentationTask")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    result = task.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parser.error(f"{ckpt_path} does not match the config's model: missing {result.missing_keys}, "
+                     f"unexpected {result.unexpected_keys}")
+    data.prepare_data()
+    data.setup("validate")
+    if cfg.split == "val":
+        files, keys = data.val_files, ("image", "label")
+    else:
+        files, keys = [{"image": f["image"]} for f in data.test_files], ("image",)
+        if not files:
+            parser.error("--split test: dataset.json has no 'test' list")
+    files = files[: cfg.max_cases] if cfg.max_cases else files
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    config_paths = [str(p) for p in (cfg.get("config") or [])]
+    stem = Path(config_paths[0]).stem if config_paths else "default"
+    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
+    summary = evaluate_cases(task, files, data.transforms(train=False, keys=keys), out, data.num_classes,
+                             data.class_names, device, task.hparams.nsd_tolerance, cfg.overlays)
+    summary.update(ckpt_path=str(ckpt_path), config=", ".join(config_paths) or None, split=cfg.split)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    dice = summary.get("mean_dice")
+    print(f"{summary['n_cases']} cases" + (f", mean foreground Dice {dice:.4f}" if dice is not None else "")
+          + f" -> {out}")
+    return 0
