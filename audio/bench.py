@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from ..core.benchtools import is_oom, package_versions
 
 __all__ = ["ConformerEncoder", "main", "run_benchmark"]
 
@@ -119,10 +120,6 @@ def _measure(model: nn.Module, seconds: float, args, device: torch.device) -> di
     return dict(fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, peak_mem_mb=peak)
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def run_benchmark(args, device: torch.device) -> dict:
     """Measure every (length, implementation) case; returns the benchmark JSON dict."""
     impls = _implementations(args)
@@ -146,7 +143,7 @@ def run_benchmark(args, device: torch.device) -> dict:
                 case["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
                 case.update(_measure(model, seconds, args, device))
             except (RuntimeError, torch.OutOfMemoryError) as err:
-                case["status"] = "OOM" if _is_oom(err) else "error"
+                case["status"] = "OOM" if is_oom(err) else "error"
                 case["error"] = str(err).splitlines()[0][:300]
             finally:
                 del model
@@ -173,18 +170,7 @@ def run_benchmark(args, device: torch.device) -> dict:
 
 
 def _versions() -> dict:
-    import torchaudio
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchaudio": torchaudio.__version__}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = None
-    if torch.cuda.is_available():
-        versions["cuda"] = torch.version.cuda
-    return versions
+    return package_versions("torchaudio", "triton", "mamba_ssm")
 
 
 def markdown(result: dict) -> str:

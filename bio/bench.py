@@ -23,43 +23,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ..core.benchtools import elapsed_ms, failed_cases, free_memory, is_oom, package_versions, write_result
 
 __all__ = ["main", "run", "markdown"]
 
 IMPLS = {"triton": "ours", "reference": "ours", "mamba_ssm": "mamba_ssm"}  # backend -> impl
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda}
-    for name in ("triton", "mamba_ssm"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # noqa: BLE001 - optional packages: absent means None
-            out[name] = None
-    return out
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    return package_versions("triton", "mamba_ssm")
 
 
 class _Step:
@@ -90,19 +69,6 @@ class _Step:
         self.opt.zero_grad(set_to_none=True)
 
 
-def _elapsed_ms(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def measure(make_step, device: torch.device, warmup: int, iters: int) -> dict:
     """Build a step, warm it up, time `iters` calls: {"status", "step_ms" (median), "peak_mem_mb"} or OOM/error."""
     step = None
@@ -113,17 +79,17 @@ def measure(make_step, device: torch.device, warmup: int, iters: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        times = [_elapsed_ms(step, device) for _ in range(iters)]
+        times = [elapsed_ms(step, device) for _ in range(iters)]
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         return {"status": "ok", "step_ms": statistics.median(times), "peak_mem_mb": peak}
     except Exception as err:  # noqa: BLE001 - every failure becomes a row, the run goes on
-        if _is_oom(err):
+        if is_oom(err):
             return {"status": "OOM", "step_ms": None, "peak_mem_mb": None}
         return {"status": "error", "step_ms": None, "peak_mem_mb": None,
                 "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
     finally:
         del step
-        _free(device)
+        free_memory(device)
 
 
 def run(args: argparse.Namespace, device: torch.device, command: str) -> dict:
@@ -245,13 +211,5 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sizes must be positive")
     command = "mamba-suite bench bio " + " ".join(argv if argv is not None else sys.argv[3:])
     result = run(args, device, command.strip())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bio.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (out / "bio.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote {out / 'bio.json'} and {out / 'bio.md'}")
-    failed = [c for c in result["cases"] if c["impl"] == "ours" and c["status"] == "error"
-              and not c.get("error", "").startswith("skipped")]
-    return 1 if failed else 0
+    write_result(args.out, "bio", result, markdown(result))
+    return 1 if failed_cases(result) else 0

@@ -38,6 +38,7 @@ import torch
 from .blocks import MambaBackbone
 from .scaling_analysis import OURS, PEER, markdown_sweep, plot_sweep, sweep_summary
 from .transformer import TransformerBackbone, count_parameters
+from .benchtools import elapsed_ms, is_oom
 
 __all__ = ["PRESETS", "main", "resolution_tokens"]
 
@@ -60,28 +61,9 @@ def resolution_tokens(resolution: int, patch: int = 16) -> int:
     return (resolution // patch) ** 2 + 1
 
 
-def _is_oom(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _elapsed_ms(fn, device: torch.device) -> float:
-    """Wall time of one call in ms: CUDA events on a GPU, perf_counter on CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
 
 
 def time_ms(fn, device: torch.device, warmup: int, repeats: int, target_s: float) -> float:
@@ -90,11 +72,11 @@ def time_ms(fn, device: torch.device, warmup: int, repeats: int, target_s: float
     The first call is a warm-up whose time sizes the rest: further warm-ups only when a call is short (< 0.2 s),
     and as many timed repeats as fit in `target_s` (at least 2, at most `repeats`).
     """
-    first = _elapsed_ms(fn, device)
+    first = elapsed_ms(fn, device)
     for _ in range(warmup - 1 if first < 200 else 0):
         fn()
     n = max(2, min(repeats, int(target_s * 1e3 / max(first, 1e-3))))
-    return statistics.median(_elapsed_ms(fn, device) for _ in range(n))
+    return statistics.median(elapsed_ms(fn, device) for _ in range(n))
 
 
 def peak_memory_mb(fn, device: torch.device) -> tuple[float | None, float | None]:
@@ -214,7 +196,7 @@ def run_group(model: str, points: list[dict], cfg: dict, device: torch.device, d
         except Exception as err:  # noqa: BLE001 - one failing point (OOM, kernel error) must not end the study
             error = err
         if error is not None:
-            status = "OOM" if _is_oom(error) else "error"
+            status = "OOM" if is_oom(error) else "error"
             case.update(status=status, fwd_ms=None, step_ms=None, peak_mem_mb=None)
             if status == "error":
                 case["error"] = str(error).splitlines()[0][:300]

@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ..core.benchtools import elapsed_ms, failed_cases, free_memory, is_oom, package_versions, write_result
 
 __all__ = ["main", "run", "markdown"]
 
@@ -46,29 +44,6 @@ SMOKE_NAMES = {"vim_ti": "test_vim", "vmamba_t": "test_vmamba"}
 DEFAULT_SIZES = "224:128,512:32,1024:8,1248:4"
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _elapsed_ms(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def _timed(fn, device: torch.device, warmup: int, iters: int) -> tuple[float, float | None]:
     """(median ms over `iters` calls after `warmup` calls, peak MB over the timed calls or None on CPU)."""
     for _ in range(warmup):
@@ -76,7 +51,7 @@ def _timed(fn, device: torch.device, warmup: int, iters: int) -> tuple[float, fl
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    ms = statistics.median(_elapsed_ms(fn, device) for _ in range(iters))
+    ms = statistics.median(elapsed_ms(fn, device) for _ in range(iters))
     return ms, (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
 
 
@@ -127,12 +102,12 @@ def measure(label: str, resolution: int, batch: int, backend: str, args, device:
 
         out["step_ms"], out["peak_mem_mb"] = _timed(train_step, device, args.warmup, args.iters)
     except Exception as err:  # noqa: BLE001 - each failure becomes a row; the run goes on
-        out["status"] = "OOM" if _is_oom(err) else "error"
+        out["status"] = "OOM" if is_oom(err) else "error"
         if out["status"] == "error":
             out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     finally:
         del model, opt
-        _free(device)
+        free_memory(device)
     for field, key in (("fwd_ms", "infer_img_s"), ("step_ms", "train_img_s")):
         if out[field]:
             out[key] = batch / (out[field] / 1e3)
@@ -188,15 +163,7 @@ def run(args, device: torch.device, command: str) -> dict:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("timm", "triton", "mamba_ssm"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions("timm", "triton", "mamba_ssm")
 
 
 def markdown(result: dict) -> str:
@@ -277,13 +244,5 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need at least one backend, --warmup >= 0 and --iters >= 1")
     command = "mamba-suite bench vision " + " ".join(argv if argv is not None else sys.argv[3:])
     result = run(args, device, command.strip())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vision.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (out / "vision.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote {out / 'vision.json'} and {out / 'vision.md'}")
-    failed = [c for c in result["cases"] if c["impl"] == "ours" and c["status"] == "error"
-              and not c.get("error", "").startswith("skipped")]
-    return 1 if failed else 0
+    write_result(args.out, "vision", result, markdown(result))
+    return 1 if failed_cases(result) else 0

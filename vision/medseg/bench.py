@@ -21,10 +21,10 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from ...core.benchtools import elapsed_ms, package_versions
 
 __all__ = ["main", "build_network", "NETWORKS"]
 
@@ -60,22 +60,13 @@ def build_network(name: str, smoke: bool = False) -> torch.nn.Module:
 
 
 class _Timer:
-    """Milliseconds of a callable: CUDA events on a GPU, perf_counter on the CPU."""
+    """Milliseconds of a callable on `device` (core.benchtools.elapsed_ms)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+        self.device = device
 
     def __call__(self, fn) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
+        return elapsed_ms(fn, self.device)
 
 
 def bench_case(name: str, size: int, batch: int, device: torch.device, warmup: int, iters: int,
@@ -148,18 +139,7 @@ def _ratios(cases: list[dict]) -> list[dict]:
 
 
 def _versions() -> dict:
-    import monai
-    import timm
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                "timm": timm.__version__, "cuda": torch.version.cuda}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = None
-    return versions
+    return package_versions("monai", "timm", "triton")
 
 
 def _fmt(value, digits: int = 1) -> str:
