@@ -38,7 +38,7 @@ import torch
 from .blocks import MambaBackbone
 from .scaling_analysis import OURS, PEER, markdown_sweep, plot_sweep, sweep_summary
 from .transformer import TransformerBackbone, count_parameters
-from .benchtools import elapsed_ms, is_oom
+from .benchtools import elapsed_ms, is_oom, package_versions
 
 __all__ = ["PRESETS", "main", "resolution_tokens"]
 
@@ -310,16 +310,7 @@ def resolve_configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def _versions(device: torch.device) -> dict:
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        versions["cuda"] = torch.version.cuda
-    return versions
+    return package_versions("triton")
 
 
 def pair_ratios(cases: list[dict]) -> list[dict]:

@@ -31,6 +31,7 @@ import torch
 
 from .blocks import MambaBackbone
 from .files import atomic_write
+from .benchtools import package_versions
 
 __all__ = ["main", "run_stress"]
 
@@ -159,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     dev = torch.device(args.device)
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
+    versions = package_versions("triton")
     report = {"benchmark": "stress", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
               "versions": versions,
