@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/mamba-suite fit -c configs/core/selective_copying.yaml
 	$(BIN)/mamba-suite fit -c configs/vision/vim_digits.yaml
 	$(BIN)/mamba-suite evaluate -c configs/vision/vim_digits.yaml \
-	  --ckpt_path "$$(ls -t runs/vim_digits/version_*/checkpoints/last.ckpt | head -1)"
+	  --ckpt_path "$$(ls -t runs/vim_digits/version_*/checkpoints/last.ckpt | head -1)" --overwrite=true
 
 test: install
 	$(BIN)/python -m pytest

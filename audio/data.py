@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from typing import Literal, Sequence
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mambasuite.core.files import atomic_write
+from mambasuite.core.resumable import ResumableDataLoader
 
 from .io import audio_info, read_audio
 from .text import OutOfVocabularyError, build_tokenizer, normalize_text
@@ -56,13 +60,46 @@ class Utterance:
 
 
 # ------------------------------------------------------------------------------------------------ readers
+def _text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file, split on "\n" only (a JSON string may hold U+2028 and friends, which
+    `str.splitlines` would also split on); a trailing "\r" is dropped. ValueError naming `path` if not UTF-8."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _seconds(value) -> float | None:
+    """`value` as a positive, finite float of seconds, or None (bools, strings, NaN, inf, 1e400 are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _audio_path(audio, manifest: Path, where: str) -> str:
+    """The record's audio path: `~` expanded, relative paths resolved against the manifest's folder."""
+    if not isinstance(audio, str) or not audio.strip() or "\x00" in audio:
+        raise ValueError(f"{where}: audio_filepath must be a non-empty path string without NUL characters, "
+                         f"got {audio!r}")
+    try:
+        audio_path = Path(audio).expanduser()
+    except RuntimeError as err:  # "~someone/..." for a user this machine does not know
+        raise ValueError(f"{where}: audio_filepath {audio!r} cannot be expanded ({err})") from None
+    return str(audio_path if audio_path.is_absolute() else manifest.parent / audio_path)
+
+
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read a JSONL manifest; errors name `path:line`. Relative audio paths resolve against the manifest's folder."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_text_lines(path, "manifest"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -70,36 +107,31 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not a JSON object ({err.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: not a JSON object (nested too deeply)") from None
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
         missing = [k for k in ("audio_filepath", "text", "duration") if k not in row]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing} (need audio_filepath, text, duration)")
-        audio, text, duration = row["audio_filepath"], row["text"], row["duration"]
-        if not isinstance(audio, str) or not audio:
-            raise ValueError(f"{where}: audio_filepath must be a non-empty string, got {audio!r}")
+        text, duration = row["text"], _seconds(row["duration"])
+        audio_path = _audio_path(row["audio_filepath"], path, where)
         if not isinstance(text, str):
             raise ValueError(f"{where}: text must be a string, got {type(text).__name__}")
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
-            raise ValueError(f"{where}: duration must be a positive number of seconds, got {duration!r}")
-        audio_path = Path(audio).expanduser()
-        audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
-        out.append(Utterance(str(row.get("id", f"{path.stem}:{lineno}")), str(audio_path), text, float(duration)))
+        if duration is None:
+            raise ValueError(f"{where}: duration must be a positive, finite number of seconds, "
+                             f"got {str(row['duration'])[:40]}")
+        out.append(Utterance(str(row.get("id", f"{path.stem}:{lineno}")), audio_path, text, duration))
     if not out:
         raise ValueError(f"manifest {path} holds no utterances")
     return out
 
 
 def write_manifest(utterances: Sequence[Utterance], path: str | os.PathLike) -> Path:
-    """Write utterances as a JSONL manifest (atomically: temp file + rename). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        for u in utterances:
-            f.write(json.dumps(dict(id=u.id, audio_filepath=u.audio_path, text=u.text, duration=u.duration)) + "\n")
-    tmp.replace(path)
-    return path
+    """Write utterances as a JSONL manifest (`atomic_write`: temporary file, fsync, rename). Returns the path."""
+    lines = [json.dumps(dict(id=u.id, audio_filepath=u.audio_path, text=u.text, duration=u.duration)) + "\n"
+             for u in utterances]
+    return atomic_write(path, "".join(lines))
 
 
 def _librispeech_subset_dir(root: Path, subset: str) -> Path:
@@ -131,12 +163,14 @@ def read_librispeech(root: str | os.PathLike, subset: str, cache_dir: str | os.P
         raise FileNotFoundError(f"no *.trans.txt files under {subset_dir} (expected <speaker>/<chapter>/ folders)")
     out, skipped = [], defaultdict(list)
     for trans in transcripts:
-        for lineno, line in enumerate(trans.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(_text_lines(trans, "LibriSpeech transcript"), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
-            if utt_id.count("-") != 2:
-                raise ValueError(f"{trans}:{lineno}: expected '<speaker>-<chapter>-<n> TRANSCRIPT', got {line!r}")
+            parts = utt_id.split("-")
+            # The id names the FLAC beside the transcript: no empty parts, no path separators.
+            if len(parts) != 3 or not all(parts) or any(c in utt_id for c in "/\\\x00"):
+                raise ValueError(f"{trans}:{lineno}: expected '<speaker>-<chapter>-<n> TRANSCRIPT', got {line[:80]!r}")
             flac = trans.parent / f"{utt_id}.flac"
             try:
                 frames, rate = audio_info(flac)
@@ -171,7 +205,7 @@ def read_speech_commands(root: str | os.PathLike, split: str) -> list[Utterance]
         path = root / name
         if not path.is_file():
             raise FileNotFoundError(f"Speech Commands list not found: {path}")
-        listed[key] = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+        listed[key] = {line.strip() for line in _text_lines(path, "Speech Commands list") if line.strip()}
     if split == "train":
         held_out = listed["val"] | listed["test"]
         rels = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav")
@@ -504,10 +538,13 @@ class ASRDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         hp = self.hparams
         ds = self.splits[split]
-        sampler = BucketBatchSampler(ds.frames(), hp.max_frames, hp.max_batch_size, shuffle=split == "train",
-                                     seed=hp.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio_text, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+        train = split == "train"
+        sampler = BucketBatchSampler(ds.frames(), hp.max_frames, hp.max_batch_size, shuffle=train, seed=hp.seed)
+        common = dict(collate_fn=collate_audio_text, num_workers=hp.num_workers,
+                      persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+        if train:  # batch order, position and per-utterance speed draws resume from checkpoints
+            return ResumableDataLoader(ds, batch_sampler=sampler, seed=hp.seed, **common)
+        return DataLoader(ds, batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -588,10 +625,11 @@ class KWSDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         hp = self.hparams
-        g = torch.Generator().manual_seed(hp.seed)
-        return DataLoader(self.splits[split], batch_size=hp.batch_size, shuffle=split == "train", generator=g,
-                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        common = dict(batch_size=hp.batch_size, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
+        if split == "train":  # order and position resume from checkpoints
+            return ResumableDataLoader(self.splits[split], shuffle=True, seed=hp.seed, **common)
+        return DataLoader(self.splits[split], shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -2,8 +2,9 @@
 
 Builds the config's model and data (the YAML used for fit; dotted overrides such as
 `--data.init_args.data_dir=...` work), loads the Lightning checkpoint's weights strictly
-(`torch.load(weights_only=True)`), runs one split (`--split val|test`, default val) and writes into `--out`
-(default `runs/<config stem>/eval[_<decoder>]/`):
+(`safe_torch_load`: weights only, a pickle that would run code is refused), runs one split (`--split val|test`,
+default val) and writes into `--out` (default `runs/<config stem>/eval[_<decoder>]/`; a folder that already holds
+a report is refused unless `--overwrite=true`; every file is written atomically):
 
 * speech recognition (`SpeechRecognizer`): `hypotheses.jsonl` (per utterance: id, ref, hyp, word and
   character errors), `metrics.json` (corpus WER / CER, sentence error rate, decoder settings, real-time
@@ -20,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["evaluate_asr", "evaluate_kws", "main"]
+from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
+
+__all__ = ["ASR_REPORT_FILES", "KWS_REPORT_FILES", "evaluate_asr", "evaluate_kws", "main"]
+
+ASR_REPORT_FILES = ("hypotheses.jsonl", "metrics.json", "report.md")
+KWS_REPORT_FILES = ("metrics.json", "report.md")
 
 
 def _parser():
@@ -33,6 +39,7 @@ def _parser():
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
     parser.add_argument("--out", type=str | None, default=None, help="report folder")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
     parser.add_argument("--split", type=str, default="val", help="val | test")
     parser.add_argument("--decoder", type=str, default="greedy", help="greedy | beam (speech recognition)")
     parser.add_argument("--beam_size", type=int | None, default=None, help="overrides model.beam.beam_size")
@@ -174,7 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     module, data = init.model, init.data
     if not isinstance(module, (SpeechRecognizer, KeywordSpotter)):
         parser.error(f"model {type(module).__name__} is not a speech task (SpeechRecognizer or KeywordSpotter)")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    config_paths = [str(p) for p in (cfg.get("config") or [])]
+    stem = Path(config_paths[0]).stem if config_paths else "default"
+    kws = isinstance(module, KeywordSpotter)
+    out = Path(cfg.out) if cfg.out else Path("runs") / stem / ("eval" if kws else f"eval_{cfg.decoder}")
+    if not cfg.overwrite:
+        try:
+            refuse_existing_outputs(out, KWS_REPORT_FILES if kws else ASR_REPORT_FILES,
+                                    "pass --overwrite=true to replace it, or choose another --out")
+        except FileExistsError as err:
+            parser.error(str(err))
+    try:
+        state = safe_torch_load(ckpt_path)
+    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
+        parser.error(f"--ckpt_path: {err}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         result = module.load_state_dict(state, strict=False)
@@ -187,31 +207,23 @@ def main(argv: list[str] | None = None) -> int:
     data.setup("validate")
     loader = data.val_dataloader() if cfg.split == "val" else data.test_dataloader()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
     common = dict(ckpt_path=str(ckpt_path), config=", ".join(config_paths) or None, split=cfg.split,
                   device=str(device))
-    if isinstance(module, KeywordSpotter):
-        out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
+    if kws:
         metrics = dict(evaluate_kws(module, loader, list(data.classes), device, cfg.max_batches), **common)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (out / "report.md").write_text(_kws_markdown(metrics))
+        atomic_write(out / "report.md", _kws_markdown(metrics))
+        atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(f"accuracy {100 * metrics['accuracy']:.2f}% ({metrics['n_clips']} clips) -> {out}")
         return 0
     module.hparams.beam = {**(module.hparams.beam or {}), **_beam_overrides(cfg)}
     lexicon = str(data.lexicon_path()) if module.hparams.beam.get("lexicon") == "train" else None
     module.set_tokenizer(data.tokenizer, lexicon)
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / f"eval_{cfg.decoder}"
     rows, metrics = evaluate_asr(module, loader, device, cfg.decoder, cfg.max_batches)
     metrics.update(common, decoder=cfg.decoder, beam=dict(module.hparams.beam) if cfg.decoder == "beam" else None,
                    lexicon_file=lexicon if cfg.decoder == "beam" else None)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "hypotheses.jsonl").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(_asr_markdown(metrics, rows, cfg.worst))
+    atomic_write(out / "hypotheses.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write(out / "report.md", _asr_markdown(metrics, rows, cfg.worst))
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: its presence means complete
     print(f"{cfg.decoder}: WER {100 * metrics['wer']:.2f}%  CER {100 * metrics['cer']:.2f}%  "
           f"({metrics['n_utterances']} utterances) -> {out}")
     return 0

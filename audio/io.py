@@ -65,8 +65,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     Returns:
         (waveform (num_samples,) float32, sample_rate).
     Raises:
-        FileNotFoundError if `path` is missing; ValueError naming the file if it cannot be decoded or
-        holds no samples.
+        FileNotFoundError if `path` is missing; ValueError naming the file if it cannot be decoded, holds
+        no samples, or holds non-finite (NaN/inf) samples.
     """
     import soundfile as sf
 
@@ -77,6 +77,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
         raise ValueError(f"cannot read audio file {path}: {err}") from err
     if data.shape[0] == 0:
         raise ValueError(f"audio file {path} holds no samples")
+    if not np.isfinite(data).all():  # float WAV/FLAC can store NaN/inf; they would poison the loss silently
+        raise ValueError(f"audio file {path} holds non-finite samples (NaN or inf)")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sample_rate is not None and rate != sample_rate:
         wav = resample(wav, int(rate), int(sample_rate))

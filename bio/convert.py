@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.files import safe_torch_load
+
 __all__ = ["convert_state_dict", "convert", "main"]
 
 _PREFIXES = ("model.caduceus.backbone.", "caduceus.backbone.", "backbone.")
@@ -148,19 +150,37 @@ def _check_heads(heads: dict, emb: torch.Tensor, cmap: torch.Tensor | None) -> N
 
 
 def _read(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, HF config.json or {}) of SRC; FileNotFoundError / ValueError name the file at fault.
+
+    Pickles go through `safe_torch_load` (weights only): one whose pickle would run code raises
+    UnsafeCheckpointError (a ValueError) without running it.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     hf_config = {}
     if src.is_dir():
-        if (src / "config.json").is_file():
-            hf_config = json.loads((src / "config.json").read_text())
+        config = src / "config.json"
+        if config.is_file():
+            try:
+                hf_config = json.loads(config.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+                raise ValueError(f"{config} is not valid JSON: {err}") from None
+            if not isinstance(hf_config, dict):
+                raise ValueError(f"{config} must hold a JSON object, got {type(hf_config).__name__}")
         src = src / "model.safetensors"
     if not src.is_file():
         raise FileNotFoundError(f"no checkpoint at {src}")
     if src.suffix == ".safetensors":
-        return load_file(str(src)), hf_config
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    return (ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt), hf_config
+        try:
+            return load_file(str(src)), hf_config
+        except SafetensorError as err:
+            raise ValueError(f"cannot read checkpoint {src}: {err}") from err
+    ckpt = safe_torch_load(src)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{src} does not hold a state dict of tensors (got {type(state).__name__})")
+    return state, hf_config
 
 
 def _check_config(src, hf_config: dict, kwargs: dict) -> None:

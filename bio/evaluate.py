@@ -1,9 +1,10 @@
 """`mamba-suite evaluate -c CONFIG --ckpt_path CKPT`: a report for a trained DNA checkpoint.
 
 Builds the config's model and data (the same YAML as `fit`; dotted overrides such as
-`--data.init_args.gb_dir=...` work), loads the Lightning checkpoint's weights strictly
-(`torch.load(weights_only=True)`), runs one split (`--split`, default test) and writes into `--out`
-(default `runs/<config stem>/eval/`) `report.json` and `report.md`:
+`--data.init_args.gb_dir=...` work), loads the Lightning checkpoint's weights strictly (`safe_torch_load`:
+weights only, a pickle that would run code is refused), runs one split (`--split`, default test) and writes
+into `--out` (default `runs/<config stem>/eval/`; a folder that already holds a report is refused unless
+`--overwrite=true`; every file is written atomically) `report.json` and `report.md`:
 
 * `DNASequenceClassifier`: accuracy, per-class accuracy, macro F1, Matthews correlation (the Nucleotide
   Transformer tasks' metrics), AUROC (binary: of class 1; multiclass: macro one-vs-rest), RC consistency
@@ -28,9 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.files import atomic_write
+from ..core.files import atomic_write, refuse_existing_outputs, safe_torch_load
 
-__all__ = ["evaluate_classifier", "evaluate_lm", "main"]
+__all__ = ["REPORT_FILES", "evaluate_classifier", "evaluate_lm", "main"]
+
+REPORT_FILES = ("report.json", "report.md", "confusion_matrix.png")
 
 
 def _parser():
@@ -43,6 +46,7 @@ def _parser():
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
     parser.add_argument("--out", type=str | None, default=None, help="report folder")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
     parser.add_argument("--split", type=str, default="test", help="test | val")
     parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_batches", type=int | None, default=None, help="stop after this many batches")
@@ -163,8 +167,10 @@ def _plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) 
         for c, v in enumerate(row):
             ax.text(c, r, str(v), ha="center", va="center", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))  # the temporary name keeps ".png"
+    finally:
+        plt.close(fig)
 
 
 def _markdown(report: dict) -> str:
@@ -193,12 +199,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
     if cfg.split not in ("test", "val"):
         parser.error(f"--split must be 'test' or 'val', got {cfg.split!r}")
+    config_paths = [str(p) for p in (cfg.get("config") or [])]
+    stem = Path(config_paths[0]).stem if config_paths else "default"
+    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
+    if not cfg.overwrite:
+        try:
+            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
+        except FileExistsError as err:
+            parser.error(str(err))
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
     if not isinstance(module, (DNASequenceClassifier, DNAMaskedLM, DNACausalLM)):
         parser.error(f"no bio evaluator for {type(module).__name__}; use mamba-suite predict for "
                      f"embeddings and variant scores")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        state = safe_torch_load(ckpt_path)
+    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
+        parser.error(f"--ckpt_path: {err}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -208,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     data.setup("test" if cfg.split == "test" else "validate")
     loader = data.test_dataloader() if cfg.split == "test" else data.val_dataloader()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    config_paths = [str(p) for p in (cfg.get("config") or [])]
-    out = Path(cfg.out) if cfg.out else Path("runs") / (Path(config_paths[0]).stem if config_paths else "default") / "eval"
     meta = dict(task=type(module).__name__, ckpt_path=str(ckpt_path), config=", ".join(config_paths) or None,
                 split=cfg.split, device=str(device))
     if isinstance(module, DNASequenceClassifier):
@@ -221,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = {**meta, **evaluate_lm(module, loader, device, cfg.max_batches)}
         line = f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}"
-    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write(out / "report.md", _markdown(report))
+    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: its presence means complete
     print(f"{line} -> {out}")
     return 0

@@ -1,7 +1,7 @@
 """`mamba-suite analyze -c CONFIG --ckpt_path CKPT`: what the selective mechanism does in a trained model.
 
 Builds the config's model and data (the YAML used for fit; dotted overrides work), loads the checkpoint's weights
-strictly (`torch.load(weights_only=True)`), runs `--batches` batches of the `--split` loader through the model with
+strictly (`safe_torch_load`, weights only), runs `--batches` batches of the `--split` loader through the model with
 `core.analytics.SelectiveCapture` on, and writes into `--out` (default `runs/<config stem>/analyze/`):
 
 * `delta_heatmap.png`: layer x position heatmaps of Delta (channel mean) for one sequence and the batch mean;
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .analytics import STATS, SelectiveCapture
+from .files import safe_torch_load
 
 __all__ = ["contrast", "group_means", "main", "token_groups"]
 
@@ -223,9 +224,9 @@ def _load(parser, cfg):
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
     try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say which one
-        parser.error(f"--ckpt_path: cannot read {ckpt_path} as a checkpoint ({type(err).__name__}: {err})")
+        state = safe_torch_load(ckpt_path)
+    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
+        parser.error(f"--ckpt_path: {err}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         parser.error(f"--ckpt_path: {ckpt_path} holds no state dict")

@@ -1,4 +1,8 @@
-"""Small Lightning callbacks the CLI attaches: a one-line result at the end of fit, prediction files."""
+"""Small Lightning callbacks the CLI attaches: a one-line result at the end of fit, prediction files.
+
+Both files are written with :func:`~mambasuite.core.files.atomic_write` (temporary name, fsync, rename), so a run
+killed while writing leaves the previous file or none, never a torn one.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from pytorch_lightning.utilities import rank_zero_only
+
+from .files import atomic_write
 
 
 def _as_float(value: Any) -> float | None:
@@ -61,7 +67,6 @@ class FitSummary(Callback):
         print(line, flush=True)
         if trainer.fast_dev_run:
             return
-        log_dir.mkdir(parents=True, exist_ok=True)
         summary = {
             "name": self.name,
             "metrics": values,
@@ -71,7 +76,7 @@ class FitSummary(Callback):
             "world_size": trainer.world_size,
             "line": line,
         }
-        (log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write(log_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -92,8 +97,8 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Sequence[Any],
     ) -> None:
         out = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
         name = "predictions.pt" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.pt"
-        torch.save({"predictions": list(predictions), "batch_indices": list(batch_indices)}, out / name)
+        payload = {"predictions": list(predictions), "batch_indices": list(batch_indices)}
+        atomic_write(out / name, lambda tmp: torch.save(payload, tmp))
         if trainer.is_global_zero:
             print(f"predictions written to {out}", flush=True)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Union
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "atomic_write", "safe_torch_load"]
+__all__ = ["UnsafeCheckpointError", "atomic_write", "refuse_existing_outputs", "safe_torch_load"]
 
 WriteData = Union[bytes, bytearray, memoryview, str, Callable[[Path], Any]]
 _TMP_MARK = ".tmp"
@@ -126,6 +126,22 @@ def atomic_write(path: str | os.PathLike, data: WriteData, *, overwrite: bool = 
         raise
     _fsync_path(path.parent, directory=True)
     return path
+
+
+def refuse_existing_outputs(folder: str | os.PathLike, patterns: Iterable[str], hint: str = "") -> None:
+    """Raise ``FileExistsError`` naming the files under ``folder`` that match the glob ``patterns``.
+
+    Commands that write a report folder (``"report.json"``, ``"masks/*.nii.gz"``, ...) call this before doing any
+    work unless told to overwrite, so an earlier report is never silently replaced or mixed with a new one.
+    ``hint`` (e.g. "pass --overwrite=true") ends the message.
+    """
+    folder = Path(folder)
+    found = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()}) if folder.is_dir() else []
+    if found:
+        names = ", ".join(str(p.relative_to(folder)) for p in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise FileExistsError(f"{folder} already holds a report ({names}{more}); refusing to overwrite it"
+                              + (f": {hint}" if hint else ""))
 
 
 def import_global(name: str) -> Any:

@@ -2,8 +2,9 @@
 
 Builds the config's model and data (the same YAML as `fit`, dotted overrides such as
 `--data.init_args.data_dir=...` work), loads the Lightning checkpoint's weights strictly
-(`torch.load(weights_only=True)`), runs the validation split and writes into `--out`
-(default `runs/<config stem>/eval/`):
+(`safe_torch_load`: weights only, a pickle that would run code is refused), runs the validation split and
+writes into `--out` (default `runs/<config stem>/eval/`; a folder that already holds a report is refused unless
+`--overwrite=true`; every file is written atomically):
 
 * `report.json`, `report.md`: top-1 / top-5, per-class accuracy, throughput (images/s of the model
   forward, data loading excluded), peak memory (CUDA: max allocated; CPU: the process's peak RSS),
@@ -20,7 +21,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["evaluate", "main"]
+from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
+
+__all__ = ["REPORT_FILES", "evaluate", "main"]
+
+REPORT_FILES = ("report.json", "report.md", "confusion_matrix.png")
 
 
 def _parser():
@@ -33,6 +38,7 @@ def _parser():
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
     parser.add_argument("--out", type=str | None, default=None, help="report folder")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
     parser.add_argument("--ema", type=bool, default=False, help="evaluate the EMA weights (model.ema)")
     parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_batches", type=int | None, default=None, help="stop after this many batches")
@@ -112,8 +118,10 @@ def _plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) 
                 if v:
                     ax.text(c, r, str(v), ha="center", va="center", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))  # the temporary name keeps ".png"
+    finally:
+        plt.close(fig)
 
 
 def _markdown(report: dict) -> str:
@@ -137,9 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    config_paths = [str(p) for p in (cfg.get("config") or [])]
+    stem = Path(config_paths[0]).stem if config_paths else "default"
+    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
+    if not cfg.overwrite:
+        try:
+            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
+        except FileExistsError as err:
+            parser.error(str(err))
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        state = safe_torch_load(ckpt_path)
+    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
+        parser.error(f"--ckpt_path: {err}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -153,16 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     classes = list(getattr(data, "classes", None) or range(module.hparams.num_classes))
     report = evaluate(net, data.val_dataloader(), len(classes), device, cfg.max_batches)
-    config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     report.update(ckpt_path=str(ckpt_path), config=", ".join(config_paths) or None, device=str(device),
                   batch_size=getattr(data.hparams, "batch_size", None), classes=[str(c) for c in classes],
                   ema=cfg.ema)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot_confusion(report["confusion"], report["classes"], out / "confusion_matrix.png")
-    (out / "report.md").write_text(_markdown(report))
+    atomic_write(out / "report.md", _markdown(report))
+    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: its presence means complete
     print(f"top-1 {100 * report['top1']:.2f}%  top-5 {100 * report['top5']:.2f}%  "
           f"({report['images_per_second']:.1f} img/s) -> {out}")
     return 0

@@ -1,6 +1,7 @@
 """`mamba-suite evaluate` on speech checkpoints: per-utterance hypotheses, WER/CER JSON, worst-utterance report."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,54 @@ def test_kws_report(tmp_path):
     confusion = torch.tensor(metrics["confusion"])
     assert confusion.sum() == 2 and metrics["accuracy"] == pytest.approx(confusion.diag().sum().item() / 2)
     assert "Accuracy:" in (tmp_path / "ev" / "report.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["metrics.json", "report.md"]  # no temporaries
+
+
+def _kws_setup(tmp_path):
+    root = write_speech_commands(tmp_path / "sc")
+    cfg = {"model": {"class_path": "mambasuite.audio.tasks.KeywordSpotter",
+                     "init_args": {"num_classes": 2, "model_kwargs": TINY, "features": {"n_mels": 16}}},
+           "data": {"class_path": "mambasuite.audio.data.KWSDataModule",
+                    "init_args": {"dataset": "speechcommands", "data_dir": str(root), "batch_size": 2}}}
+    (tmp_path / "kws.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "kws.yaml"
+
+
+def test_existing_report_is_kept_unless_overwrite(tmp_path, capsys):
+    config = _kws_setup(tmp_path)
+    torch.save({"state_dict": KeywordSpotter(num_classes=2, model_kwargs=TINY, features={"n_mels": 16}).state_dict()},
+               tmp_path / "k.ckpt")
+    argv = ["evaluate", "-c", str(config), "--ckpt_path", str(tmp_path / "k.ckpt"), "--out", str(tmp_path / "ev")]
+    assert cli_main(argv) == 0
+    (tmp_path / "ev" / "metrics.json").write_text("{}\n")  # stands for an earlier run's report
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "already holds a report (metrics.json, report.md)" in err
+    assert (tmp_path / "ev" / "metrics.json").read_text() == "{}\n"
+    assert cli_main([*argv, "--overwrite=true"]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_clips"] == 2
+
+
+class _RunsCode:
+    """A pickle payload whose __reduce__ would create a marker file (a harmless stand-in for os.system)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("content", ["payload", "truncated"])
+def test_malicious_or_corrupt_checkpoint_is_refused_naming_it(tmp_path, capsys, content):
+    config = _kws_setup(tmp_path)
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(300)}, "hyper_parameters": {"x": _RunsCode(marker)}}, evil)
+    if content == "truncated":
+        evil.write_bytes(evil.read_bytes()[:200])
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["evaluate", "-c", str(config), "--ckpt_path", str(evil), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "evil.ckpt" in err and not marker.exists() and not (tmp_path / "ev").exists()
+    assert ("not a weights-only checkpoint" if content == "payload" else "cannot read checkpoint") in err

@@ -4,6 +4,7 @@ the PS fused-path half swap, refusals."""
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,43 @@ def test_unidirectional_checkpoint():
     x = torch.randint(7, 12, (1, 9))
     with torch.no_grad():
         assert torch.equal(again.eval()(x), causal(x))
+
+
+class _RunsCode:
+    """A pickle payload whose __reduce__ would create a marker file (a harmless stand-in for os.system)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("variant", ["payload", "truncated", "bad safetensors", "bad config.json"])
+def test_convert_refuses_malicious_and_corrupt_files_naming_them(tmp_path, monkeypatch, capsys, variant):
+    """`convert caduceus` reads pickles weights-only: a payload is refused (never run); every error names the file."""
+    marker = tmp_path / "pwned"
+    src = tmp_path / "evil.pt"
+    torch.save({"state_dict": _hf_state_dict(_model()), "hyper_parameters": {"x": _RunsCode(marker)}}, src)
+    named = "evil.pt"
+    if variant == "truncated":
+        src.write_bytes(src.read_bytes()[:500])
+    elif variant == "bad safetensors":
+        src = tmp_path / "hf"
+        src.mkdir()
+        (src / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
+        named = "model.safetensors"
+    elif variant == "bad config.json":
+        src = tmp_path / "hf"
+        src.mkdir()
+        save_file({k: v.contiguous() for k, v in _hf_state_dict(_model()).items()}, str(src / "model.safetensors"))
+        (src / "config.json").write_bytes(b"{\"rcps\": tru")
+        named = "config.json"
+    monkeypatch.setattr(sys, "argv", ["mamba-suite"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["convert", "caduceus", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and named in err, err
+    if variant == "payload":
+        assert "not a weights-only checkpoint" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -16,22 +16,31 @@ Transforms (MONAI dictionary transforms, keys "image" and "label"):
 The deterministic prefix is cached in memory by `CacheDataset`. Batches are dicts with "image"
 (B, C, *S) float32 and "label" (B, 1, *S) float32 MetaTensors (affine and the applied transforms in
 their metadata, which `Invertd` uses to map predictions back to the input's space).
+
+The training loader is a `ResumableDataLoader`: its order and position are saved in checkpoints, and the
+random transforms of each case are reseeded from (seed, epoch, case), so a resumed run draws the same
+patches and flips as an uninterrupted one, whatever the worker count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from monai.transforms import EnsureChannelFirstd, LoadImaged, MapTransform
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransform
+from torch.utils.data import Dataset
+
+from mambasuite.core.resumable import ResumableDataLoader
 
 from .synthetic import SYNTHETIC_DEFAULTS, write_synthetic_decathlon
 
-__all__ = ["CaseError", "DecathlonDataModule", "build_transforms", "check_cases", "read_dataset_json"]
+__all__ = ["CaseCompose", "CaseError", "DecathlonDataModule", "ReseededTransforms", "build_transforms",
+           "check_cases", "read_dataset_json"]
 
 KEYS = ("image", "label")
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # explicit: MONAI 1.6 changed Orientationd's default
@@ -41,16 +50,48 @@ class CaseError(ValueError):
     """A case's file cannot be used (unreadable data, bad label values); the message names the file."""
 
 
+_LABEL_ID = re.compile(r"0|[1-9][0-9]*")  # canonical decimals only: "01", " 1", "¹" would not round-trip
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and "\x00" not in value
+
+
+def _check_items(path: Path, key: str, items, need_label: bool) -> None:
+    """Each item of a dataset.json list is {image: path, label: path} (test lists: paths, or {image} objects)."""
+    if not isinstance(items, list) or (key == "training" and not items):
+        what = "{image, label} objects" if need_label else "paths or {image} objects"
+        raise ValueError(f"{path}: {key!r} must be a {'non-empty ' if key == 'training' else ''}list of {what}, "
+                         f"got {type(items).__name__}")
+    if not need_label and len({isinstance(item, str) for item in items}) > 1:  # MONAI reads one form or the other
+        raise ValueError(f"{path}: {key!r} must list either paths or {{image}} objects, not both")
+    for i, item in enumerate(items):
+        if not need_label and _is_path(item):
+            continue
+        if not isinstance(item, dict) or "image" not in item or (need_label and "label" not in item):
+            raise ValueError(f"{path}: {key}[{i}] " + ("must have 'image' and 'label' entries" if need_label else
+                                                       "must be a path or have an 'image' entry")
+                             + f", got {str(item)[:80]}")
+        if not _is_path(item["image"]):  # one file per image; modalities are its trailing channel axis
+            raise ValueError(f"{path}: {key}[{i}]['image'] must be a non-empty path (one NIfTI file, modalities "
+                             f"stacked on its last axis), got {str(item['image'])[:80]}")
+        if "label" in item and not _is_path(item["label"]):
+            raise ValueError(f"{path}: {key}[{i}]['label'] must be a non-empty path, got {str(item['label'])[:80]}")
+
+
 def read_dataset_json(path: str | Path) -> dict:
-    """Parse an MSD `dataset.json` and check the keys the pipeline needs ("labels", "training" items
-    with "image" and "label"). Raises FileNotFoundError / ValueError naming `path`."""
+    """Parse an MSD `dataset.json` and check the keys the pipeline needs: "labels" ({"0": name, ..., "K-1": name}),
+    "training" ({image, label} items), optional "validation" (same) and "test" (paths or {image} items).
+    Raises FileNotFoundError / ValueError naming `path`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset.json not found: {path}")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     missing = [k for k in ("labels", "training") if k not in meta]
@@ -58,16 +99,13 @@ def read_dataset_json(path: str | Path) -> dict:
         raise ValueError(f"{path} is missing the key(s) {missing} (Decathlon layout: labels, training, ...)")
     if not isinstance(meta["labels"], dict) or not meta["labels"]:
         raise ValueError(f"{path}: 'labels' must be a non-empty object {{\"0\": \"background\", ...}}")
-    ids = sorted(int(k) for k in meta["labels"]) if all(str(k).isdigit() for k in meta["labels"]) else None
-    if ids != list(range(len(meta["labels"]))):
-        raise ValueError(f"{path}: 'labels' keys must be the integers 0..K-1, got {list(meta['labels'])}")
-    for key in ("training", "validation"):
-        items = meta.get(key, [])
-        if not isinstance(items, list) or (key == "training" and not items):
-            raise ValueError(f"{path}: {key!r} must be a non-empty list of {{image, label}} objects")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "image" not in item or "label" not in item:
-                raise ValueError(f"{path}: {key}[{i}] must have 'image' and 'label' entries, got {item!r}")
+    keys = list(meta["labels"])
+    if not all(_LABEL_ID.fullmatch(k) for k in keys) or sorted(map(int, keys)) != list(range(len(keys))):
+        raise ValueError(f"{path}: 'labels' keys must be the integers 0..K-1, got {keys[:10]}")
+    _check_items(path, "training", meta["training"], need_label=True)
+    for key, need_label in (("validation", True), ("test", False)):
+        if meta.get(key) is not None:  # null counts as absent, as in the data module
+            _check_items(path, key, meta[key], need_label)
     return meta
 
 
@@ -77,9 +115,13 @@ def _header(path: str):
     if not Path(path).is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     try:
-        return nib.load(path)
+        image = nib.load(path)
+        affine = image.affine  # computed from the qform/sform fields, which a corrupt header may garble
     except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ... for corrupt files
         raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+    if affine is None or not np.isfinite(affine).all():
+        raise ValueError(f"NIfTI file {path} has a non-finite affine (corrupt qform/sform or pixdim)")
+    return image
 
 
 def check_cases(cases: Sequence[dict], spatial_dims: int) -> int:
@@ -144,11 +186,57 @@ class _CheckedLoadd(MapTransform):
         return data
 
 
+def _unwrap_case_error(err: BaseException) -> BaseException:
+    """MONAI wraps transform errors in RuntimeError("applying transform ..."); return the CaseError inside."""
+    inner = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+        if isinstance(inner, CaseError):
+            return inner
+    return err
+
+
+def _case_files(data) -> str:
+    """The file names of a case dict: the paths before loading, MetaTensor metadata after."""
+    names = []
+    for key in KEYS:
+        value = data.get(key) if isinstance(data, dict) else None
+        if value is None and isinstance(data, list) and data:  # num_samples patches of one case
+            return _case_files(data[0])
+        if isinstance(value, str):
+            names.append(value)
+        elif getattr(value, "meta", None) is not None and value.meta.get("filename_or_obj"):
+            names.append(str(value.meta["filename_or_obj"]))
+    return ", ".join(names) or "(unknown files)"
+
+
+class CaseCompose(Compose):
+    """MONAI `Compose` whose failures name the case's files.
+
+    MONAI reports a failing transform as RuntimeError("applying transform <object at 0x...>"), which does not
+    say which case was at fault; this re-raises any error as a CaseError "case <image>, <label>: <cause>" (a
+    CaseError raised inside, e.g. by the loader, passes through as it is). Inversion (`Invertd`) is unchanged.
+    """
+
+    def __call__(self, data, *args, **kwargs):
+        try:
+            return super().__call__(data, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any transform can fail on a hostile file; name the case
+            inner = _unwrap_case_error(err)
+            if isinstance(inner, CaseError):
+                raise inner from err
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise CaseError(f"case {_case_files(data)}: {type(cause).__name__}: {str(cause)[:300]}") from err
+
+
 def build_transforms(train: bool, *, spatial_dims: int, num_classes: int, axcodes: str | None,
                      pixdim: Sequence[float] | None, a_min: float, a_max: float, b_min: float, b_max: float,
                      clip: bool, crop_foreground: bool, patch_size: Sequence[int], num_samples: int,
                      pos: float, neg: float, flip_prob: float, rot90_prob: float, keys: Sequence[str] = KEYS):
-    """The MONAI Compose for training (random patches) or evaluation (whole volumes); see the module doc."""
+    """The MONAI Compose (a CaseCompose) for training (random patches) or evaluation (whole volumes); see the
+    module doc."""
     from monai import transforms as T
 
     keys = tuple(keys)
@@ -170,17 +258,33 @@ def build_transforms(train: bool, *, spatial_dims: int, num_classes: int, axcode
             T.RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
         ]
     steps.append(T.EnsureTyped(keys, dtype=np.float32, track_meta=True))
-    return T.Compose(steps)
+    return CaseCompose(steps)
 
 
-def _unwrap_case_error(err: BaseException) -> BaseException:
-    """MONAI wraps transform errors in RuntimeError("applying transform ..."); return the CaseError inside."""
-    inner = err
-    while inner.__cause__ is not None:
-        inner = inner.__cause__
-        if isinstance(inner, CaseError):
-            return inner
-    return err
+class ReseededTransforms(Dataset):
+    """A MONAI dataset whose random transforms are reseeded from NumPy's global generator before each item.
+
+    MONAI's Rand* transforms draw from their own `RandomState`s, not from the global generators that
+    `ResumableDataLoader` seeds per sample; this makes them follow that seed, so item `i` of a given
+    (seed, epoch) always gets the same patches and flips.
+
+    Args:
+        dataset: a MONAI `Dataset` / `CacheDataset` with a `transform` (a `Compose`).
+    """
+
+    def __init__(self, dataset) -> None:
+        if not callable(getattr(getattr(dataset, "transform", None), "set_random_state", None)):
+            raise TypeError(f"ReseededTransforms needs a MONAI dataset whose transform has set_random_state, "
+                            f"got {type(dataset).__name__}")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        # uint32 range: what MONAI's set_random_state accepts
+        self.dataset.transform.set_random_state(seed=int(np.random.randint(0, 2**32, dtype=np.uint64)))
+        return self.dataset[index]
 
 
 class DecathlonDataModule(pl.LightningDataModule):
@@ -201,6 +305,7 @@ class DecathlonDataModule(pl.LightningDataModule):
         flip_prob, rot90_prob: augmentation probabilities.
         batch_size: cases per training batch (each gives num_samples patches). num_workers: loader
             workers. cache_rate: fraction of cases cached after the deterministic transforms.
+        seed: training order and augmentation seed (None = the run's `seed_everything`, else 0).
         synthetic: options for the synthetic task (merged over SYNTHETIC_DEFAULTS). cache_dir: its home.
 
     After `setup`: `num_classes` (labels in dataset.json, background included), `in_channels`,
@@ -215,7 +320,8 @@ class DecathlonDataModule(pl.LightningDataModule):
                  crop_foreground: bool = True, patch_size: Sequence[int] = (96, 96, 96), num_samples: int = 2,
                  pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, rot90_prob: float = 0.2,
                  batch_size: int = 2, num_workers: int = 0, cache_rate: float = 1.0,
-                 synthetic: dict | None = None, cache_dir: str = "~/.cache/mambasuite/medseg") -> None:
+                 synthetic: dict | None = None, cache_dir: str = "~/.cache/mambasuite/medseg",
+                 seed: int | None = None) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -322,7 +428,14 @@ class DecathlonDataModule(pl.LightningDataModule):
                           persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self._datasets["train"], self.hparams.batch_size, shuffle=True)
+        """Shuffled, resumable batches of random patches (see the module docstring)."""
+        from monai.data import list_data_collate
+
+        hp = self.hparams
+        # list_data_collate flattens the num_samples patches of each case into the batch, as MONAI's DataLoader.
+        return ResumableDataLoader(ReseededTransforms(self._datasets["train"]), batch_size=hp.batch_size,
+                                   shuffle=True, seed=hp.seed, collate_fn=list_data_collate,
+                                   num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self):
         # Whole volumes differ in size after cropping: one case per batch.

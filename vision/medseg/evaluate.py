@@ -1,12 +1,13 @@
 """`mamba-suite evaluate -c CONFIG --ckpt_path CKPT [--out DIR]`: segmentation masks, metrics and overlays.
 
 Builds the config's model and data (the YAML used for `fit`; dotted overrides such as
-`--data.init_args.data_dir=...` work), loads the Lightning checkpoint strictly
-(`torch.load(weights_only=True)`) and, for every case of the split (`--split val`: the held-out
-labelled cases; `--split test`: dataset.json's unlabelled test list), runs the evaluation transforms,
+`--data.init_args.data_dir=...` work), loads the Lightning checkpoint strictly (`safe_torch_load`:
+weights only, a pickle that would run code is refused) and, for every case of the split (`--split val`: the
+held-out labelled cases; `--split test`: dataset.json's unlabelled test list), runs the evaluation transforms,
 sliding-window inference and argmax, then maps the mask back to the input's space with `Invertd`
 (orientation, spacing and crop undone; nearest interpolation) and writes into `--out`
-(default `runs/<config stem>/eval/`):
+(default `runs/<config stem>/eval/`; a folder that already holds a report is refused unless `--overwrite=true`;
+every file is written under a temporary name and renamed, so none is ever half-written):
 
 * `masks/<case>_seg.nii.gz` (SaveImaged, uint8) with the input image's affine and shape;
 * `metrics.csv`: per case and foreground class Dice, HD95 (mm) and surface Dice, computed in the
@@ -18,17 +19,24 @@ sliding-window inference and argmax, then maps the mask back to the input's spac
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import NibabelWriter
+
+from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
 
 from .metrics import METRICS, case_metrics, spacing_from_affine
 
-__all__ = ["evaluate_cases", "main"]
+__all__ = ["REPORT_FILES", "evaluate_cases", "main"]
+
+REPORT_FILES = ("metrics.csv", "summary.json", "masks/*_seg.nii.gz", "overlays/*.png")
 
 
 def _parser():
@@ -41,6 +49,7 @@ def _parser():
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
     parser.add_argument("--out", type=str | None, default=None, help="output folder")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
     parser.add_argument("--split", type=str, default="val", help="val (labelled, held out) | test (unlabelled)")
     parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_cases", type=int | None, default=None, help="stop after this many cases")
@@ -83,8 +92,29 @@ def _overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, num_
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))  # the temporary name keeps ".png"
+    finally:
+        plt.close(fig)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's NibabelWriter, but the file appears complete or not at all (temporary name, then rename).
+
+    nibabel picks the format from the file name, and `atomic_write`'s temporary name keeps only the last
+    suffix (".gz"), so the image is saved under that name plus ".nii.gz" and moved onto it.
+    """
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
+        def save(tmp: Path) -> None:
+            staged = tmp.with_name(tmp.name + ".nii.gz")
+            try:
+                NibabelWriter.write(self, staged, verbose=verbose, **obj_kwargs)
+                os.replace(staged, tmp)
+            finally:
+                staged.unlink(missing_ok=True)
+
+        atomic_write(filename, save)
 
 
 def evaluate_cases(task, files: list[dict], transform, out: Path, num_classes: int, class_names: list[str],
@@ -106,7 +136,7 @@ def evaluate_cases(task, files: list[dict], transform, out: Path, num_classes: i
         (out / "overlays").mkdir(exist_ok=True)
     invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True, to_tensor=True)
     save = SaveImaged(keys="pred", output_dir=str(out / "masks"), output_postfix="seg", separate_folder=False,
-                      resample=False, output_dtype=np.uint8, print_log=False)
+                      resample=False, output_dtype=np.uint8, print_log=False, writer=AtomicNibabelWriter)
     load = LoadImage(image_only=True, ensure_channel_first=True)
     fg = [str(c) for c in class_names[1:]]
     rows, per_case, seconds = [], [], []
@@ -146,11 +176,11 @@ def evaluate_cases(task, files: list[dict], transform, out: Path, num_classes: i
                      f"{case}" + (f"  mean Dice {row['mean_dice']:.3f}" if "mean_dice" in row else ""),
                      out / "overlays" / f"{case}.png")
     if rows:
-        with (out / "metrics.csv").open("w", newline="") as f:
-            fields = list(dict.fromkeys(k for r in rows for k in r))
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        table_text = io.StringIO(newline="")
+        writer = csv.DictWriter(table_text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(out / "metrics.csv", table_text.getvalue())
     summary = {"n_cases": len(rows), "classes": list(class_names), "seconds_per_case": float(np.mean(seconds)) if
                seconds else None, "device": str(device), "masks": str(out / "masks")}
     if per_case:
@@ -158,7 +188,7 @@ def evaluate_cases(task, files: list[dict], transform, out: Path, num_classes: i
         for i, m in enumerate(METRICS):
             summary[f"{m}_per_class"] = {c: _finite(v) for c, v in zip(fg, table[i].tolist())}
             summary[f"mean_{m}"] = _finite(float(table[i].nanmean()))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -176,11 +206,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
     if cfg.split not in ("val", "test"):
         parser.error(f"--split must be 'val' or 'test', got {cfg.split!r}")
+    config_paths = [str(p) for p in (cfg.get("config") or [])]
+    stem = Path(config_paths[0]).stem if config_paths else "default"
+    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
+    if not cfg.overwrite:
+        try:
+            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
+        except FileExistsError as err:
+            parser.error(str(err))
     init = parser.instantiate_classes(cfg)
     task, data = init.model, init.data
     if not hasattr(task, "infer"):
         parser.error(f"model {type(task).__name__} has no infer(); use mambasuite.vision.medseg.tasks.SegmentationTask")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        state = safe_torch_load(ckpt_path)
+    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
+        parser.error(f"--ckpt_path: {err}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     result = task.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -196,13 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--split test: dataset.json has no 'test' list")
     files = files[: cfg.max_cases] if cfg.max_cases else files
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
     summary = evaluate_cases(task, files, data.transforms(train=False, keys=keys), out, data.num_classes,
                              data.class_names, device, task.hparams.nsd_tolerance, cfg.overlays)
     summary.update(ckpt_path=str(ckpt_path), config=", ".join(config_paths) or None, split=cfg.split)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     dice = summary.get("mean_dice")
     print(f"{summary['n_cases']} cases" + (f", mean foreground Dice {dice:.4f}" if dice is not None else "")
           + f" -> {out}")

@@ -64,25 +64,11 @@ def _check_params(p: dict) -> None:
         raise ValueError(f"synthetic size ({p['size']}) must exceed 2 * rad_max ({2 * p['rad_max']})")
 
 
-def write_synthetic_decathlon(root: str | Path, **params) -> Path:
-    """Write the synthetic task under `root` once (see the module docstring) and return `root`.
-
-    Args (keyword, defaults in SYNTHETIC_DEFAULTS): spatial_dims 2 | 3; num_train labelled cases
-    (training list) and num_test unlabelled ones (test list); size (side in voxels); num_classes
-    foreground classes; num_objs, rad_min, rad_max: balls per case and their radii; noise_max:
-    MONAI's noise level; spacing: voxel size in mm; seed: case i uses RandomState(seed * 100003 + i).
-    """
-    p = {**SYNTHETIC_DEFAULTS, **params}
-    _check_params(p)
-    root = Path(root).expanduser()
-    if (root / _DONE).is_file():
-        return root
+def _write_task(tmp: Path, p: dict, affine: np.ndarray) -> None:
+    """Write every case, dataset.json and the completion marker (last) of the task `p` into the folder `tmp`."""
     import nibabel as nib
 
     dims = p["spatial_dims"]
-    affine = synthetic_affine(p["spacing"][:dims])
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     for folder in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp / folder).mkdir()
     training, test = [], []
@@ -106,6 +92,29 @@ def write_synthetic_decathlon(root: str | Path, **params) -> Path:
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     (tmp / _DONE).write_text("complete\n")
+
+
+def write_synthetic_decathlon(root: str | Path, **params) -> Path:
+    """Write the synthetic task under `root` once (see the module docstring) and return `root`.
+
+    Args (keyword, defaults in SYNTHETIC_DEFAULTS): spatial_dims 2 | 3; num_train labelled cases
+    (training list) and num_test unlabelled ones (test list); size (side in voxels); num_classes
+    foreground classes; num_objs, rad_min, rad_max: balls per case and their radii; noise_max:
+    MONAI's noise level; spacing: voxel size in mm; seed: case i uses RandomState(seed * 100003 + i).
+    """
+    p = {**SYNTHETIC_DEFAULTS, **params}
+    _check_params(p)
+    root = Path(root).expanduser()
+    if (root / _DONE).is_file():
+        return root
+    affine = synthetic_affine(p["spacing"][:p["spatial_dims"]])
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
+    try:
+        _write_task(tmp, p, affine)
+    except BaseException:  # a failed or interrupted build leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if (root / _DONE).is_file():  # another process finished while this one was writing
         shutil.rmtree(tmp, ignore_errors=True)
         return root

@@ -86,6 +86,13 @@ def test_evaluate_command_writes_masks_metrics_and_overlays(tmp_path):
     source = Path(rows[0]["image"])
     np.testing.assert_array_equal(nib.load(mask).affine, nib.load(source).affine)
     assert (out / "overlays" / f"{rows[0]['case']}.png").stat().st_size > 2000
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["masks/" + mask.name, "metrics.csv", f"overlays/{rows[0]['case']}.png", "summary.json"]
+
+    # Evaluating into the same folder again is refused (naming what is there) unless --overwrite=true.
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["evaluate", "-c", CONFIG, f"--ckpt_path={ckpt}", f"--out={out}", *data_args])
+    assert exc.value.code == 2
 
     test_out = tmp_path / "eval_test"
     assert cli_main(["evaluate", "-c", CONFIG, f"--ckpt_path={ckpt}", f"--out={test_out}", "--split=test",
@@ -98,3 +105,48 @@ def test_evaluate_missing_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["evaluate", "-c", CONFIG, f"--ckpt_path={tmp_path / 'gone.ckpt'}"])
     assert "gone.ckpt" in capsys.readouterr().err
+
+
+def test_atomic_mask_writer_keeps_the_nifti_format(tmp_path):
+    """nibabel picks the format from the name; the writer stages under a .nii.gz name and renames onto the target."""
+    from monai.data import MetaTensor
+
+    from mambasuite.vision.medseg.evaluate import AtomicNibabelWriter
+
+    affine = torch.diag(torch.tensor([-1.5, -1.5, 2.0, 1.0]))
+    mask = MetaTensor(torch.arange(24, dtype=torch.uint8).view(1, 2, 3, 4), affine=affine)
+    writer = AtomicNibabelWriter(output_dtype=np.uint8)
+    writer.set_data_array(mask, channel_dim=0)
+    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    writer.write(tmp_path / "case_seg.nii.gz")
+    saved = nib.load(tmp_path / "case_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), np.arange(24).reshape(2, 3, 4))
+    np.testing.assert_array_equal(saved.affine, affine.numpy())
+    assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"]  # nothing staged is left behind
+
+
+class _RunsCode:
+    """A pickle payload whose __reduce__ would create a marker file (a harmless stand-in for os.system)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_existing_report_and_malicious_checkpoint_are_refused(tmp_path, capsys):
+    out = tmp_path / "eval"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "case_seg.nii.gz").write_bytes(b"an earlier mask")
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["evaluate", "-c", CONFIG, f"--ckpt_path={CONFIG}", f"--out={out}"])
+    assert exc.value.code == 2 and "already holds a report (masks/case_seg.nii.gz)" in capsys.readouterr().err
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode(marker)}}, evil)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["evaluate", "-c", CONFIG, f"--ckpt_path={evil}", f"--out={tmp_path / 'eval2'}",
+                  f"--data.init_args.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "evil.ckpt" in err and "not a weights-only checkpoint" in err
+    assert not marker.exists() and not (tmp_path / "eval2").exists() and not (tmp_path / "cache").exists()
