@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
+from ..core.evaluation import checkpoint_parser
 
 __all__ = ["ASR_REPORT_FILES", "KWS_REPORT_FILES", "evaluate_asr", "evaluate_kws", "main"]
 
@@ -30,16 +31,7 @@ KWS_REPORT_FILES = ("metrics.json", "report.md")
 
 
 def _parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-    from pytorch_lightning import LightningDataModule, LightningModule
-
-    parser = ArgumentParser(prog="mamba-suite evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="the YAML used for fit")
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder")
-    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
+    parser = checkpoint_parser("mamba-suite evaluate", __doc__.split("\n\n")[0], out_help="report folder")
     parser.add_argument("--split", type=str, default="val", help="val | test")
     parser.add_argument("--decoder", type=str, default="greedy", help="greedy | beam (speech recognition)")
     parser.add_argument("--beam_size", type=int | None, default=None, help="overrides model.beam.beam_size")
@@ -49,10 +41,7 @@ def _parser():
     parser.add_argument("--lm_weight", type=float | None, default=None)
     parser.add_argument("--word_score", type=float | None, default=None)
     parser.add_argument("--worst", type=int, default=20, help="utterances listed in report.md")
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_batches", type=int | None, default=None, help="stop after this many batches")
-    for ignored in ("trainer", "checkpoint", "seed_everything", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{ignored}", type=dict | int | None, default=None)
     return parser
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .analytics import STATS, SelectiveCapture
 from .files import safe_torch_load
+from .evaluation import checkpoint_parser
 
 __all__ = ["contrast", "group_means", "main", "token_groups"]
 
@@ -32,22 +33,12 @@ MAX_ID_GROUPS = 8
 
 
 def _parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-    from pytorch_lightning import LightningDataModule, LightningModule
-
-    parser = ArgumentParser(prog="mamba-suite analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="the YAML used for fit")
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
-    parser.add_argument("--out", type=str | None, default=None, help="output folder")
+    parser = checkpoint_parser("mamba-suite analyze", __doc__.split("\n\n")[0], out_help="output folder",
+                               overwrite=False)
     parser.add_argument("--split", type=str, default="val", help="val | test | train")
     parser.add_argument("--batches", type=int, default=1, help="batches to run (statistics are averaged)")
     parser.add_argument("--sample", type=int, default=0, help="index of the sequence shown in the per-sample maps")
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_lag", type=int, default=3, help="token-group Delta at lags 0..max_lag")
-    for ignored in ("trainer", "checkpoint", "seed_everything", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{ignored}", type=dict | int | None, default=None)
     return parser
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
+from ..core.evaluation import checkpoint_parser
 
 __all__ = ["REPORT_FILES", "evaluate", "main"]
 
@@ -29,22 +30,9 @@ REPORT_FILES = ("report.json", "report.md", "confusion_matrix.png")
 
 
 def _parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-    from pytorch_lightning import LightningDataModule, LightningModule
-
-    parser = ArgumentParser(prog="mamba-suite evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="the YAML used for fit")
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder")
-    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
+    parser = checkpoint_parser("mamba-suite evaluate", __doc__.split("\n\n")[0], out_help="report folder")
     parser.add_argument("--ema", type=bool, default=False, help="evaluate the EMA weights (model.ema)")
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_batches", type=int | None, default=None, help="stop after this many batches")
-    # Sections of a fit config that evaluation does not use.
-    for ignored in ("trainer", "checkpoint", "seed_everything", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{ignored}", type=dict | int | None, default=None)
     return parser
 
 

@@ -33,6 +33,7 @@ from monai.data import NibabelWriter
 from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
 
 from .metrics import METRICS, case_metrics, spacing_from_affine
+from ...core.evaluation import checkpoint_parser
 
 __all__ = ["REPORT_FILES", "evaluate_cases", "main"]
 
@@ -40,22 +41,10 @@ REPORT_FILES = ("metrics.csv", "summary.json", "masks/*_seg.nii.gz", "overlays/*
 
 
 def _parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-    from pytorch_lightning import LightningDataModule, LightningModule
-
-    parser = ArgumentParser(prog="mamba-suite evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="the YAML used for fit")
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning .ckpt written by fit")
-    parser.add_argument("--out", type=str | None, default=None, help="output folder")
-    parser.add_argument("--overwrite", type=bool, default=False, help="replace the report already in --out")
+    parser = checkpoint_parser("mamba-suite evaluate", __doc__.split("\n\n")[0], out_help="output folder")
     parser.add_argument("--split", type=str, default="val", help="val (labelled, held out) | test (unlabelled)")
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max_cases", type=int | None, default=None, help="stop after this many cases")
     parser.add_argument("--overlays", type=bool, default=True, help="write PNG overlays")
-    for ignored in ("trainer", "checkpoint", "seed_everything", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{ignored}", type=dict | int | None, default=None)
     return parser
 
 
