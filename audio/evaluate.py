@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
-from ..core.evaluation import checkpoint_parser
+from mambasuite.core.files import atomic_write
+from ..core.evaluation import checkpoint_file, checkpoint_parser, load_trained_weights, report_folder
 
 __all__ = ["ASR_REPORT_FILES", "KWS_REPORT_FILES", "evaluate_asr", "evaluate_kws", "main"]
 
@@ -163,35 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--split must be 'val' or 'test', got {cfg.split!r}")
     if cfg.decoder not in ("greedy", "beam"):
         parser.error(f"--decoder must be 'greedy' or 'beam', got {cfg.decoder!r}")
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    ckpt_path = checkpoint_file(parser, cfg)
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
     if not isinstance(module, (SpeechRecognizer, KeywordSpotter)):
         parser.error(f"model {type(module).__name__} is not a speech task (SpeechRecognizer or KeywordSpotter)")
     config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
     kws = isinstance(module, KeywordSpotter)
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / ("eval" if kws else f"eval_{cfg.decoder}")
-    if not cfg.overwrite:
-        try:
-            refuse_existing_outputs(out, KWS_REPORT_FILES if kws else ASR_REPORT_FILES,
-                                    "pass --overwrite=true to replace it, or choose another --out")
-        except FileExistsError as err:
-            parser.error(str(err))
-    try:
-        state = safe_torch_load(ckpt_path)
-    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
-        parser.error(f"--ckpt_path: {err}")
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False
-        parser.error(f"{ckpt_path} does not match the config's model: {str(err).splitlines()[1:3]}")
-    if result.missing_keys or result.unexpected_keys:
-        parser.error(f"{ckpt_path} does not match the config's model: missing {result.missing_keys}, "
-                     f"unexpected {result.unexpected_keys}")
+    out = report_folder(parser, cfg, KWS_REPORT_FILES if kws else ASR_REPORT_FILES,
+                        "eval" if kws else f"eval_{cfg.decoder}")
+    load_trained_weights(parser, module, ckpt_path)
     data.prepare_data()
     data.setup("validate")
     loader = data.val_dataloader() if cfg.split == "val" else data.test_dataloader()

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.files import atomic_write, refuse_existing_outputs, safe_torch_load
-from ..core.evaluation import checkpoint_parser
+from ..core.files import atomic_write
+from ..core.evaluation import checkpoint_file, checkpoint_parser, load_trained_weights, report_folder
 
 __all__ = ["REPORT_FILES", "evaluate_classifier", "evaluate_lm", "main"]
 
@@ -183,33 +183,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = _parser()
     cfg = parser.parse_args(argv)
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    ckpt_path = checkpoint_file(parser, cfg)
     if cfg.split not in ("test", "val"):
         parser.error(f"--split must be 'test' or 'val', got {cfg.split!r}")
     config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
-    if not cfg.overwrite:
-        try:
-            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
-        except FileExistsError as err:
-            parser.error(str(err))
+    out = report_folder(parser, cfg, REPORT_FILES)
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
     if not isinstance(module, (DNASequenceClassifier, DNAMaskedLM, DNACausalLM)):
         parser.error(f"no bio evaluator for {type(module).__name__}; use mamba-suite predict for "
                      f"embeddings and variant scores")
-    try:
-        state = safe_torch_load(ckpt_path)
-    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
-        parser.error(f"--ckpt_path: {err}")
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        parser.error(f"{ckpt_path} does not match the config's model: missing {result.missing_keys[:8]}, "
-                     f"unexpected {result.unexpected_keys[:8]}")
+    load_trained_weights(parser, module, ckpt_path)
     data.prepare_data()
     data.setup("test" if cfg.split == "test" else "validate")
     loader = data.test_dataloader() if cfg.split == "test" else data.val_dataloader()

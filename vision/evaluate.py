@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
-from ..core.evaluation import checkpoint_parser
+from mambasuite.core.files import atomic_write
+from ..core.evaluation import checkpoint_file, checkpoint_parser, load_trained_weights, report_folder
 
 __all__ = ["REPORT_FILES", "evaluate", "main"]
 
@@ -130,28 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring). Returns 0 and prints the report folder."""
     parser = _parser()
     cfg = parser.parse_args(argv)
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    ckpt_path = checkpoint_file(parser, cfg)
     config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
-    if not cfg.overwrite:
-        try:
-            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
-        except FileExistsError as err:
-            parser.error(str(err))
+    out = report_folder(parser, cfg, REPORT_FILES)
     init = parser.instantiate_classes(cfg)
     module, data = init.model, init.data
-    try:
-        state = safe_torch_load(ckpt_path)
-    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
-        parser.error(f"--ckpt_path: {err}")
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        parser.error(f"{ckpt_path} does not match the config's model: missing {result.missing_keys}, "
-                     f"unexpected {result.unexpected_keys}")
+    load_trained_weights(parser, module, ckpt_path)
     net = module.ema.module if cfg.ema else module
     if cfg.ema and getattr(module, "ema", None) is None:
         parser.error("--ema: the model was not trained with ema_decay")

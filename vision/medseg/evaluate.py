@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from monai.data import NibabelWriter
 
-from mambasuite.core.files import atomic_write, refuse_existing_outputs, safe_torch_load
+from mambasuite.core.files import atomic_write
 
 from .metrics import METRICS, case_metrics, spacing_from_affine
-from ...core.evaluation import checkpoint_parser
+from ...core.evaluation import checkpoint_file, checkpoint_parser, load_trained_weights, report_folder
 
 __all__ = ["REPORT_FILES", "evaluate_cases", "main"]
 
@@ -190,32 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring). Returns 0 and prints the output folder."""
     parser = _parser()
     cfg = parser.parse_args(argv)
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        parser.error(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+    ckpt_path = checkpoint_file(parser, cfg)
     if cfg.split not in ("val", "test"):
         parser.error(f"--split must be 'val' or 'test', got {cfg.split!r}")
     config_paths = [str(p) for p in (cfg.get("config") or [])]
-    stem = Path(config_paths[0]).stem if config_paths else "default"
-    out = Path(cfg.out) if cfg.out else Path("runs") / stem / "eval"
-    if not cfg.overwrite:
-        try:
-            refuse_existing_outputs(out, REPORT_FILES, "pass --overwrite=true to replace it, or choose another --out")
-        except FileExistsError as err:
-            parser.error(str(err))
+    out = report_folder(parser, cfg, REPORT_FILES)
     init = parser.instantiate_classes(cfg)
     task, data = init.model, init.data
     if not hasattr(task, "infer"):
         parser.error(f"model {type(task).__name__} has no infer(); use mambasuite.vision.medseg.tasks.SegmentationTask")
-    try:
-        state = safe_torch_load(ckpt_path)
-    except ValueError as err:  # UnsafeCheckpointError (a pickle that would run code), truncated or corrupt file
-        parser.error(f"--ckpt_path: {err}")
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    result = task.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        parser.error(f"{ckpt_path} does not match the config's model: missing {result.missing_keys}, "
-                     f"unexpected {result.unexpected_keys}")
+    load_trained_weights(parser, task, ckpt_path)
     data.prepare_data()
     data.setup("validate")
     if cfg.split == "val":
