@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 import mambasuite.audio.models  # noqa: F401  (registers the ConMamba models with timm)
-from mambasuite.core.tasks import warmup_cosine
+from mambasuite.core.tasks import split_by_decay_tag, tag_no_weight_decay, warmup_cosine
 
 from .decoding import CTCBeamSearch, greedy_ctc
 from .features import FeatureFrontend, SpecAugment
@@ -48,6 +48,7 @@ class _AudioTask(pl.LightningModule):
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment is not None else None
         self.model = _create_model(model_name, num_classes, self.frontend.n_mels, **dict(model_kwargs or {}),
                                    **head_kwargs)
+        tag_no_weight_decay(self.model)
 
     def encode(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, num_samples) waveforms -> model output and encoder lengths (see `ConMamba.forward`)."""
@@ -57,12 +58,8 @@ class _AudioTask(pl.LightningModule):
         return self.model(feats, frames)
 
     def _param_groups(self) -> list[dict]:
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (no_decay if getattr(p, "_no_weight_decay", False) or p.ndim < 2 else decay).append(p)
-        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        # by the tags set at construction, not by shape: FSDP flattens parameters before this runs
+        return split_by_decay_tag([{"params": list(self.parameters())}], self.hparams.weight_decay)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ..core.tasks import warmup_cosine
+from ..core.tasks import split_by_decay_tag, tag_no_weight_decay, warmup_cosine
 from .models.caduceus import Caduceus, CaduceusForMaskedLM, CaduceusForSequenceClassification
 from .tokenizer import MASK_ID, N_ID, NUCLEOTIDE_IDS, PAD_ID, make_tokenizer
 
@@ -75,12 +75,8 @@ class _DNATask(pl.LightningModule):
     """Optimiser, schedule and the model/data tokenizer check shared by the DNA tasks."""
 
     def _param_groups(self) -> list[dict]:
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (no_decay if getattr(p, "_no_weight_decay", False) or p.ndim < 2 else decay).append(p)
-        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        # by the tags set at construction, not by shape: FSDP flattens parameters before this runs
+        return split_by_decay_tag([{"params": list(self.parameters())}], self.hparams.weight_decay)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -136,6 +132,7 @@ class DNAMaskedLM(_DNATask):
         if not args.get("bidirectional", True):
             raise ValueError(f"pretrained={pretrained!r} is a causal (unidirectional) LM; use DNACausalLM")
         self.model = CaduceusForMaskedLM(**args)
+        tag_no_weight_decay(self.model)
         if source is not None:
             self.model.caduceus.load_state_dict(source.state_dict(), strict=True)
         tok = make_tokenizer(kmer)
@@ -191,6 +188,7 @@ class DNACausalLM(_DNATask):
         if args.get("bidirectional", True):
             raise ValueError(f"pretrained={pretrained!r} is a bidirectional model; a causal LM needs bidirectional=False")
         self.model = CaduceusForMaskedLM(**args)
+        tag_no_weight_decay(self.model)
         if source is not None:
             self.model.caduceus.load_state_dict(source.state_dict(), strict=True)
         self.vocab_size = make_tokenizer(kmer).vocab_size
@@ -245,6 +243,7 @@ class DNASequenceClassifier(_DNATask):
                                      d_state=d_state, expand=expand, grad_checkpointing=grad_checkpointing)
         self.model = CaduceusForSequenceClassification(num_labels=num_classes, pooling=pooling, conjoin=conjoin,
                                                        **args)
+        tag_no_weight_decay(self.model)
         if source is not None:
             self.model.backbone_state_from(source)
         self.vocab_size = make_tokenizer(kmer).vocab_size

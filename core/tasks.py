@@ -34,6 +34,34 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, min_lr_
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def tag_no_weight_decay(module: torch.nn.Module, names=()) -> torch.nn.Module:
+    """Mark the parameters that must not be weight-decayed with `_no_weight_decay = True`: every 1-D parameter
+    (biases, norm weights, A_log/D vectors), every `*.bias`, and the exact names in `names`.
+
+    Call it in a task's `__init__`, before any strategy wraps the model: FSDP flattens parameters to 1-D views, so a
+    shape test made later (in `configure_optimizers`) would put every weight in the no-decay group. The tags stay on
+    the Parameter objects, which the wrapping keeps.
+    """
+    names = set(names)
+    for name, p in module.named_parameters():
+        if p.ndim <= 1 or name.endswith(".bias") or name in names:
+            p._no_weight_decay = True
+    return module
+
+
+def split_by_decay_tag(groups: list[dict], weight_decay: float) -> list[dict]:
+    """Re-split optimizer parameter groups by the `_no_weight_decay` tags (see `tag_no_weight_decay`): tagged
+    parameters get weight_decay 0, the others `weight_decay`; other group keys (lr_scale, ...) are kept."""
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        for tagged, wd in ((False, weight_decay), (True, 0.0)):
+            chosen = [p for p in params if bool(getattr(p, "_no_weight_decay", False)) == tagged]
+            if chosen:
+                out.append({**group, "params": chosen, "weight_decay": wd})
+    return out
+
+
 class SequenceModelTask(pl.LightningModule):
     """Token sequence → token predictions: embedding → :class:`MambaBackbone` → linear head.
 

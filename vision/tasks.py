@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 import mambasuite.vision  # noqa: F401  (registers the vision models with timm)
-from mambasuite.core.tasks import warmup_cosine
+from mambasuite.core.tasks import split_by_decay_tag, tag_no_weight_decay, warmup_cosine
 
 __all__ = ["ImageClassifier"]
 
@@ -77,6 +77,8 @@ class ImageClassifier(pl.LightningModule):
             self.model.reset_classifier(num_classes)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        nwd = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        tag_no_weight_decay(self.model, nwd)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
@@ -168,6 +170,8 @@ class ImageClassifier(pl.LightningModule):
                                               layer_decay=hp.layer_decay)
         else:
             groups = param_groups_weight_decay(self.model, weight_decay=hp.weight_decay, no_weight_decay_list=nwd)
+        # timm decides decay by shape; re-split by the tags set at construction, which survive FSDP's flattening
+        groups = split_by_decay_tag(groups, hp.weight_decay)
         for g in groups:
             g["lr"] = hp.lr * g.get("lr_scale", 1.0)
         return groups

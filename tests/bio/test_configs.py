@@ -33,7 +33,8 @@ def _run(command: str, config: str, *extra: str) -> None:
 def test_all_configs_are_covered():
     assert {p.name for p in CONFIGS.glob("*.yaml")} == {
         "dna_synthetic_mlm.yaml", "dna_synthetic_cls.yaml", "dna_synthetic_clm.yaml", "caduceus_hg38_131k.yaml",
-        "genomic_benchmarks.yaml", "dna_embeddings.yaml", "variant_effect.yaml"}
+        "genomic_benchmarks.yaml", "dna_embeddings.yaml", "variant_effect.yaml",
+        "caduceus_hg38_131k_fsdp.yaml"}  # run by tests/bio/test_ddp.py
 
 
 @pytest.mark.parametrize("config", ["dna_synthetic_mlm.yaml", "dna_synthetic_cls.yaml", "dna_synthetic_clm.yaml"])

@@ -21,6 +21,7 @@ def _fit(config: str, tmp_path, *extra: str) -> None:
 def test_all_configs_are_covered():
     assert {p.name for p in CONFIGS.glob("*.yaml")} == {
         "vim_digits.yaml", "vmamba_digits.yaml", "vim_tiny_imagenet.yaml", "finetune_vim_imagefolder.yaml",
+        "vim_small_fsdp.yaml",  # run by tests/vision/test_ddp.py
         # medical segmentation configs, run by tests/vision/medseg/test_configs.py
         "seg3d_synthetic.yaml", "seg2d_synthetic.yaml", "seg2d_vmamba.yaml", "msd_spleen.yaml", "btcv.yaml"}
 

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mambasuite.core.tasks import warmup_cosine
+from mambasuite.core.tasks import split_by_decay_tag, tag_no_weight_decay, warmup_cosine
 
 from .metrics import METRICS, case_metrics, spacing_from_affine
 
@@ -87,6 +87,7 @@ class SegmentationTask(pl.LightningModule):
         from monai.metrics import Cumulative
 
         self.network = network
+        tag_no_weight_decay(network, network.no_weight_decay() if hasattr(network, "no_weight_decay") else ())
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         self.loss = DeepSupervisionLoss(self.dice_ce)
         self.class_names = list(class_names) if class_names else [f"class{i}" for i in range(num_classes)]
@@ -181,6 +182,7 @@ class SegmentationTask(pl.LightningModule):
         hp = self.hparams
         nwd = self.network.no_weight_decay() if hasattr(self.network, "no_weight_decay") else set()
         groups = param_groups_weight_decay(self.network, weight_decay=hp.weight_decay, no_weight_decay_list=nwd)
+        groups = split_by_decay_tag(groups, hp.weight_decay)  # tags survive FSDP's flattening; shapes do not
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = None
         if self._trainer is not None:
