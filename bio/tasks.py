@@ -96,6 +96,23 @@ class _DNATask(pl.LightningModule):
             raise ValueError(f"the data's tokenizer (kmer={data_tok.k}) has vocab_size {data_tok.vocab_size}, the "
                              f"model has {self.vocab_size}: set the same kmer on model and data")
 
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _lm_step(self, logits: torch.Tensor, targets: torch.Tensor, stage: str, batch_size: int) -> torch.Tensor:
+        """Token cross-entropy and accuracy over targets != -100, logged with perplexity; returns the loss."""
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+        sel = targets != IGNORE
+        acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
+        self._log_step(stage, loss, acc, batch_size, ppl=True)
+        return loss
+
     def _log_step(self, stage: str, loss: torch.Tensor, acc: torch.Tensor, batch_size: int, ppl: bool) -> None:
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size)
@@ -152,21 +169,7 @@ class DNAMaskedLM(_DNATask):
         gen = None
         if stage != "train":  # same masks every validation pass, so val/loss curves are comparable
             gen = torch.Generator(device=ids.device).manual_seed(1234 + int(ids.sum()))
-        logits, targets = self.logits_and_targets(ids, gen)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
-        sel = targets != IGNORE
-        acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
-        self._log_step(stage, loss, acc, ids.shape[0], ppl=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        return self._lm_step(*self.logits_and_targets(ids, gen), stage, ids.shape[0])
 
 
 class DNACausalLM(_DNATask):
@@ -205,21 +208,7 @@ class DNACausalLM(_DNATask):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         ids = batch[0]
-        logits, targets = self.logits_and_targets(ids)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
-        sel = targets != IGNORE
-        acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
-        self._log_step(stage, loss, acc, ids.shape[0], ppl=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        return self._lm_step(*self.logits_and_targets(ids), stage, ids.shape[0])
 
 
 class DNASequenceClassifier(_DNATask):
@@ -269,14 +258,6 @@ class DNASequenceClassifier(_DNATask):
         self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=ids.shape[0])
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
         """Class probabilities (batch, num_classes)."""
