@@ -4,14 +4,16 @@ Public ops (shapes in their docstrings):
 
 * `selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
   return_last_state=False, *, reverse=False, initial_state=None, backend="auto")`
-* `causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backend="auto")`
+* `causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, initial_states=None,
+  return_final_states=False, backend="auto")`
 * `add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backend="auto")`
 
 `backend`:
   "auto"      -- Triton on CUDA tensors, the PyTorch reference elsewhere;
   "reference" -- the PyTorch reference (any device);
   "triton"    -- the Triton kernels (CUDA, or the CPU interpreter when TRITON_INTERPRET=1);
-  "mamba_ssm" -- the peer's CUDA op, when installed (benchmarks and cross-checks).
+  "mamba_ssm" -- the peer's CUDA op, when installed (benchmarks and cross-checks): mamba-ssm's scan,
+                 the causal-conv1d package's conv.
 An explicit backend that cannot run raises; nothing silently falls back to another backend.
 """
 
@@ -82,22 +84,37 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return selective_scan_mamba_ssm(*args, **kwargs)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, backend="auto"):
-    """Depthwise causal conv1d with optional SiLU (see `causal_conv1d_ref` for the math).
+def causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, initial_states=None,
+                  return_final_states=False, backend="auto"):
+    """Depthwise causal conv1d with optional SiLU, causal-conv1d's `causal_conv1d_fn` semantics (see
+    `causal_conv1d_ref` for the math).
 
     Args:
-        x: (batch, dim, L); weight: (dim, W), W in 2..4; bias: (dim,) or None.
+        x: (batch, dim, L), channel-first (L contiguous) or channel-last (a transposed (batch, L, dim)
+            tensor); the Triton backend reads either in place and returns out in the same layout.
+        weight: (dim, W), W in 2..4; bias: (dim,) or None.
         activation: None | "silu" | "swish".
         reverse: anti-causal (for the reverse direction of bidirectional mixers).
-        backend: "auto" | "reference" (a Triton conv arrives with the fused-kernels work; asking for
-            "triton" or "mamba_ssm" here raises).
+        initial_states: (batch, dim, W-1) in x's dtype: the inputs before t=0 (streaming; causal only).
+        return_final_states: also return the last W-1 inputs (batch, dim, W-1), the next chunk's
+            initial_states (causal only).
+        backend: "auto" | "reference" | "triton" | "mamba_ssm" (the causal-conv1d package's CUDA op).
     Returns:
-        (batch, dim, L) in x's dtype.
+        out (batch, dim, L) in x's dtype, or (out, final_states) when `return_final_states`.
     """
-    check_causal_conv1d_args(x, weight, bias, activation, backend)
-    if backend in ("auto", "reference"):
-        return causal_conv1d_ref(x, weight, bias, activation, reverse=reverse)
-    raise NotImplementedError(f"causal_conv1d: backend={backend!r} is not available yet; use 'reference'")
+    check_causal_conv1d_args(x, weight, bias, activation, backend, reverse=reverse, initial_states=initial_states,
+                             return_final_states=return_final_states)
+    backend = _resolve(backend, x.device, "causal_conv1d")
+    kwargs = dict(reverse=reverse, initial_states=initial_states, return_final_states=return_final_states)
+    if backend == "reference":
+        return causal_conv1d_ref(x, weight, bias, activation, **kwargs)
+    if backend == "triton":
+        from .triton.causal_conv1d import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, activation, **kwargs)
+    from .peer import causal_conv1d_peer
+
+    return causal_conv1d_peer(x, weight, bias, activation, **kwargs)
 
 
 def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backend="auto"):

@@ -122,26 +122,45 @@ def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state
     return ScanShapes(batch, dim, length, d_state, b_form, c_form, b_groups, c_groups)
 
 
-def check_causal_conv1d_args(x, weight, bias, activation, backend: str) -> None:
-    """Validate the arguments of `causal_conv1d`."""
+def check_causal_conv1d_args(x, weight, bias, activation, backend: str, *, reverse: bool = False,
+                             initial_states=None, return_final_states: bool = False) -> None:
+    """Validate the arguments of `causal_conv1d` (x (batch, dim, L), weight (dim, W), bias (dim,),
+    initial_states (batch, dim, W-1) in x's dtype)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_tensor("x", x, ndim=3)
+    batch, dim, length = x.shape
+    if length < 1:
+        raise ValueError(f"x must have a sequence length L >= 1, got shape {_shape(x)}")
     check_tensor("weight", weight, ndim=2)
-    dim = x.shape[1]
     if weight.shape[0] != dim:
         raise ValueError(f"weight must have shape (dim, width) with dim={dim}, got {_shape(weight)}")
-    if not 2 <= weight.shape[1] <= 4:
-        raise ValueError(f"weight width must be in 2..4, got {weight.shape[1]} (shape {_shape(weight)})")
+    width = weight.shape[1]
+    if not 2 <= width <= 4:
+        raise ValueError(f"weight width must be in 2..4, got {width} (shape {_shape(weight)})")
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         if bias.shape[0] != dim:
             raise ValueError(f"bias must have shape (dim,) = ({dim},), got {_shape(bias)}")
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-    devices = {t.device for t in (x, weight, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"x, weight and bias must be on one device, got {sorted(map(str, devices))}")
+    if not isinstance(reverse, bool) or not isinstance(return_final_states, bool):
+        raise TypeError(f"reverse and return_final_states must be bools, got {reverse!r} and {return_final_states!r}")
+    if reverse and (initial_states is not None or return_final_states):
+        raise ValueError("causal_conv1d: initial_states / return_final_states stream a causal conv chunk by chunk; "
+                         "they are not supported with reverse=True (the anti-causal conv reads future inputs)")
+    if initial_states is not None:
+        check_tensor("initial_states", initial_states, ndim=3)
+        if tuple(initial_states.shape) != (batch, dim, width - 1):
+            raise ValueError(f"initial_states must have shape (batch, dim, W-1) = ({batch}, {dim}, {width - 1}), "
+                             f"got {_shape(initial_states)}")
+        if initial_states.dtype != x.dtype:
+            raise TypeError(f"initial_states must have x's dtype {x.dtype}, got {initial_states.dtype}")
+    named = {"x": x, "weight": weight, "bias": bias, "initial_states": initial_states}
+    devices = {n: t.device for n, t in named.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        seen = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all causal_conv1d tensors must be on one device; got {seen}")
 
 
 def check_add_rms_norm_args(x, residual, weight, eps, backend: str) -> None:

@@ -138,25 +138,40 @@ def check_determinism(shape, dtype, device) -> bool:
         torch.use_deterministic_algorithms(prev)
 
 
-def parse_configs(text: str) -> list[tuple[int, int, int]]:
-    """'256:8:4,2048:1:8' -> [(block_t, block_d, warps), ...] (kernel tile overrides to sweep)."""
+def parse_configs(text: str) -> list[tuple[int, ...]]:
+    """'256:8:4,1024:1:1/1024:2:4' -> [(block_t, block_d, warps[, bwd_t, bwd_d, bwd_warps]), ...].
+
+    A config sets the forward's tile, and the backward's too unless a second triple follows a '/'.
+    """
     configs = []
     for item in filter(None, (x.strip() for x in text.split(","))):
-        parts = item.split(":")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"--configs: expected BLOCK_T:BLOCK_D:WARPS with positive integers, got {item!r}")
+        parts = [p for half in item.split("/") for p in half.split(":")]
+        if len(parts) not in (3, 6) or item.count("/") > 1 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--configs: expected BLOCK_T:BLOCK_D:WARPS[/BWD_T:BWD_D:BWD_WARPS] with positive "
+                             f"integers, got {item!r}")
         configs.append(tuple(int(p) for p in parts))
     return configs
 
 
+def config_label(config: tuple[int, ...]) -> str:
+    """(256, 8, 4) -> '256:8:4'; six numbers -> 'fwd/bwd'."""
+    text = ":".join(map(str, config[:3]))
+    return text + ("/" + ":".join(map(str, config[3:])) if len(config) == 6 else "")
+
+
+_TILE_KEYS = ("MAMBASUITE_SCAN_BLOCK_T", "MAMBASUITE_SCAN_BLOCK_D", "MAMBASUITE_SCAN_WARPS",
+              "MAMBASUITE_SCAN_BWD_BLOCK_T", "MAMBASUITE_SCAN_BWD_BLOCK_D", "MAMBASUITE_SCAN_BWD_WARPS")
+
+
 @contextlib.contextmanager
-def _tile_override(config: tuple[int, int, int] | None):
+def _tile_override(config: tuple[int, ...] | None):
     """Set the scan's tile environment overrides for the duration of one measurement."""
-    keys = ("MAMBASUITE_SCAN_BLOCK_T", "MAMBASUITE_SCAN_BLOCK_D", "MAMBASUITE_SCAN_WARPS")
-    saved = {k: os.environ.get(k) for k in keys}
+    saved = {k: os.environ.get(k) for k in _TILE_KEYS}
     try:
         if config is not None:
-            os.environ.update({k: str(v) for k, v in zip(keys, config)})
+            for k in _TILE_KEYS:
+                os.environ.pop(k, None)
+            os.environ.update({k: str(v) for k, v in zip(_TILE_KEYS, config)})
         yield
     finally:
         for k, v in saved.items():
@@ -201,7 +216,7 @@ def bench_gpu(shapes, dtype, backends, check: bool, device="cuda", configs=()) -
         shape_txt = "x".join(map(str, shape))
         exp2_floor_ms = batch * dim * length * n / result["exp2_per_s"] * 1e3
         for backend, config in variants:
-            impl = backend if config is None else f"triton[{config[0]}:{config[1]}:{config[2]}]"
+            impl = backend if config is None else f"triton[{config_label(config)}]"
             case = {"name": f"{shape_txt}/{impl}", "impl": impl, "backend": backend,
                     "shape": dict(batch=batch, dim=dim, L=length, N=n), "status": "ok"}
             ins = make_inputs(shape, dtype, device)
@@ -338,7 +353,8 @@ def main_scan(argv: list[str]) -> int:
     p.add_argument("--backends", default="triton,mamba_ssm", help="comma-separated: triton, mamba_ssm, reference")
     p.add_argument("--check", action="store_true", help="also check correctness vs the fp32 reference")
     p.add_argument("--configs", default="", help="Triton tile configs to sweep instead of the default plan, "
-                   "comma-separated BLOCK_T:BLOCK_D:WARPS (e.g. 256:8:4,2048:1:8)")
+                   "comma-separated BLOCK_T:BLOCK_D:WARPS, optionally /BWD_T:BWD_D:BWD_WARPS for the backward "
+                   "(e.g. 256:8:4,1024:1:1/1024:2:4)")
     p.add_argument("--out", default="runs/bench", help="output folder for scan.json / scan.md")
     args = p.parse_args(argv)
     try:

@@ -1,8 +1,9 @@
-"""Adapters to the peer library mamba-ssm (optional; for benchmarks and cross-checks only).
+"""Adapters to the peer libraries mamba-ssm and causal-conv1d (optional; for benchmarks and cross-checks only).
 
-mamba-ssm is never vendored: when it is importable, `backend="mamba_ssm"` calls its CUDA
-`selective_scan_fn`; otherwise the call raises. Its op has no reverse or initial-state option, so
-reverse scans are run the way Vim and Caduceus run them (flip, scan, flip back).
+Neither is vendored: when importable, `backend="mamba_ssm"` calls mamba-ssm's CUDA `selective_scan_fn`
+or causal-conv1d's CUDA `causal_conv1d_fn` (the conv mamba-ssm's Mamba block uses); otherwise the call
+raises. Neither op has a reverse mode, so reverse runs the way Vim and Caduceus run it (flip, op, flip
+back); the scan op has no initial state either.
 """
 
 from __future__ import annotations
@@ -55,3 +56,42 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if return_last_state:
         return res[0].flip(-1), res[1]
     return res.flip(-1)
+
+
+def _import_causal_conv1d_fn():
+    """causal-conv1d's `causal_conv1d_fn` (the package mamba-ssm imports for its conv)."""
+    try:
+        module = importlib.import_module("causal_conv1d")
+    except ImportError as err:
+        raise RuntimeError(
+            "causal_conv1d backend='mamba_ssm' needs the causal-conv1d package with its CUDA extension "
+            f"(pip install causal-conv1d --no-build-isolation); it is not importable here: {err}"
+        ) from err
+    return module.causal_conv1d_fn
+
+
+def _channel_last(t):
+    """`t` (batch, C, T) as a channel-last view (a copy unless it already is one)."""
+    return t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def causal_conv1d_peer(x, weight, bias=None, activation=None, *, reverse=False, initial_states=None,
+                       return_final_states=False):
+    """Same contract as `causal_conv1d_ref`, computed by causal-conv1d's CUDA kernel.
+
+    Its streaming states exist only for channel-last x, so with initial_states / return_final_states a
+    channel-first x (and initial_states) is copied to channel-last first; its bias must have the weight's
+    dtype, so bias is cast (both are adapter costs, not part of the peer's kernel).
+    """
+    if not x.is_cuda:
+        raise RuntimeError(f"causal_conv1d backend='mamba_ssm' runs on CUDA tensors only; x is on {x.device}")
+    fn = _import_causal_conv1d_fn()
+    bias = bias.to(weight.dtype) if bias is not None else None
+    if reverse:  # the checks refuse streaming states with reverse
+        return fn(x.flip(-1), weight, bias, activation=activation).flip(-1)
+    if initial_states is None and not return_final_states:
+        return fn(x, weight, bias, activation=activation)
+    x = _channel_last(x)
+    initial_states = _channel_last(initial_states) if initial_states is not None else None
+    return fn(x, weight, bias, initial_states=initial_states, return_final_states=return_final_states,
+              activation=activation)

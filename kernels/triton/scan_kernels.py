@@ -215,9 +215,12 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     CARRY_FROM_LATER: tl.constexpr, CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
 ):
     """Backward of one (batch row, channel tile, segment), tiles in reverse scan order.
+
+    BLOCK_T is a multiple (CKPT_RATIO) of the forward's tile, whose entry states are the checkpoints
+    (N_TILES of them per row): the backward may use a longer tile and its own channel tile and warps.
 
     The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
     e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
@@ -274,6 +277,11 @@ def selective_scan_bwd_kernel(
         offs_t = tile * BLOCK_T + cols
         mask_t = offs_t < seg_stop
         m2 = mask_d[:, None] & mask_t[None, :]
+        # the forward tile whose entry checkpoint is this tile's entry state (the rightmost one when reversed)
+        if REVERSE:
+            ckpt_tile = tl.minimum(tile * CKPT_RATIO + CKPT_RATIO - 1, N_TILES - 1)
+        else:
+            ckpt_tile = tile * CKPT_RATIO
         u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
         dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
         # dt one step later in scan order, for a_{t+1}; only its value at valid positions matters
@@ -317,7 +325,7 @@ def selective_scan_bwd_kernel(
             if not CARRY_ONLY:
                 b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
                 x = dtu * b_n
-                h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + tile) * N + n, mask=mask_d, other=0.0)
+                h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d, other=0.0)
                 _, h = tl.associative_scan((a, tl.where(first_col, x + a * h_in[:, None], x)), 1, _combine,
                                            reverse=REVERSE)
                 if HAS_Z:

@@ -21,12 +21,16 @@ import torch
 from .._checks import check_selective_scan_args
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
-# Tile shapes (time steps, channels, warps) picked from the H200 sweep of 2026-11-29 (BENCHMARKS.md): whole short
-# sequences in one tile; long tiles for mid-length sequences with few rows; the 64-step tile elsewhere, because the
-# long-tile backward runs out of registers (255 + spills) and loses what the forward gains.
-SHORT_TILE = (256, 8, 4)  # L <= 256 (Vim at 224 px: L = 197)
-LONG_TILE = (1024, 2, 4)  # 256 < L <= 16384 with at most 8192 rows (batch x dim)
-BASE_TILE = (64, 32, 4)
+# Tile shapes (time steps, channels, warps), forward and backward separately, from the H200 sweeps of 2026-11-29
+# (BENCHMARKS.md). One-warp programs make the forward fastest (no cross-warp barriers in the scans and
+# reductions); the backward keeps more live tiles and wants fewer elements per thread. A backward tile is a
+# whole number of forward tiles, because it starts from the forward's tile-entry checkpoints.
+TILE_PLANS = (
+    # (max L, max rows or None, forward (T, D, W), backward (T, D, W))
+    (256, None, (256, 4, 1), (256, 8, 4)),          # short sequences (Vim at 224 px: L = 197)
+    (16384, 8192, (1024, 1, 1), (1024, 2, 4)),      # mid lengths with few rows
+    (None, None, (1024, 1, 1), (1024, 2, 4)),       # long sequences (segments give the parallelism)
+)
 
 
 def deterministic_mode() -> bool:
@@ -35,25 +39,37 @@ def deterministic_mode() -> bool:
 
 
 @dataclass(frozen=True)
-class LaunchPlan:
-    """How one call is cut into programs: tiles of block_d channels x block_t steps, and segments of the sequence."""
+class KernelTile:
+    """One kernel's program shape: block_d channels x block_t steps, num_warps warps, n_dtiles channel tiles."""
 
-    block_d: int
     block_t: int
+    block_d: int
+    num_warps: int
     n_dtiles: int
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How one call is cut into programs.
+
+    fwd / bwd: the two kernels' tiles (bwd.block_t = ckpt_ratio x fwd.block_t). n_tiles: forward tiles
+    per row (= checkpoints per row). Segments of seg_len steps (a multiple of bwd.block_t) run in parallel.
+    """
+
+    fwd: KernelTile
+    bwd: KernelTile
+    ckpt_ratio: int
+    n_tiles: int
     seg_len: int
     n_seg: int
-    n_tiles: int
     n_pad: int
-    num_warps: int
 
 
-def _default_tile(rows: int, length: int) -> tuple[int, int, int]:
-    if length <= 256:
-        return SHORT_TILE
-    if length <= 16384 and rows <= 8192:
-        return LONG_TILE
-    return BASE_TILE
+def _default_tiles(rows: int, length: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    for max_len, max_rows, fwd, bwd in TILE_PLANS:
+        if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
+            return fwd, bwd
+    raise AssertionError("TILE_PLANS must end with a catch-all row")
 
 
 def _largest_pow2_divisor(n: int, cap: int) -> int:
@@ -77,34 +93,48 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device) -> LaunchPlan:
-    """Pick the tile (channels x time steps), segment length and warps for a call (deterministic in the shapes).
-
-    The tile comes from `_default_tile` (a sweep on the H200); MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS
-    override it (`mamba-suite bench scan --configs` sweeps them).
-    """
+def _env_tile(prefix: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
     env = os.environ.get
-    tile_t, tile_d, tile_w = _default_tile(batch * dim, length)
-    block_t = int(env("MAMBASUITE_SCAN_BLOCK_T", 0)) or min(tile_t, max(16, _next_pow2(length)))
+    keys = ("BLOCK_T", "BLOCK_D", "WARPS")
+    return tuple(int(env(f"{prefix}{k}", 0)) or d for k, d in zip(keys, default))
+
+
+def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device) -> LaunchPlan:
+    """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
+
+    Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS set the
+    forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set);
+    `mamba-suite bench scan --configs` sweeps them.
+    """
+    fwd_default, bwd_default = _default_tiles(batch * dim, length)
+    env_fwd = any(os.environ.get(f"MAMBASUITE_SCAN_{k}") for k in ("BLOCK_T", "BLOCK_D", "WARPS"))
+    fwd_t, fwd_d, fwd_w = _env_tile("MAMBASUITE_SCAN_", fwd_default)
+    bwd_t, bwd_d, bwd_w = _env_tile("MAMBASUITE_SCAN_BWD_", (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
+    cap = max(16, _next_pow2(length))
     if FORCE_SEG_LEN is not None:  # tests: segments shorter than a tile need shorter tiles
-        block_t = min(block_t, _next_pow2(FORCE_SEG_LEN))
-    block_d = int(env("MAMBASUITE_SCAN_BLOCK_D", 0)) or tile_d
+        cap = min(cap, _next_pow2(FORCE_SEG_LEN))
+    fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
+    if bwd_t % fwd_t:
+        raise ValueError(f"selective scan tiles: the backward's {bwd_t} steps must be a multiple of the "
+                         f"forward's {fwd_t}")
     if groups > 1:  # a tile must not straddle two groups of B/C
-        block_d = _largest_pow2_divisor(dim // groups, block_d)
-    n_dtiles = -(-dim // block_d)
-    n_tiles = -(-length // block_t)
+        fwd_d = _largest_pow2_divisor(dim // groups, fwd_d)
+        bwd_d = _largest_pow2_divisor(dim // groups, bwd_d)
+    n_tiles = -(-length // fwd_t)
+    bwd_tiles = -(-length // bwd_t)
     if FORCE_SEG_LEN is not None:
-        seg_tiles = max(1, FORCE_SEG_LEN // block_t)
+        seg_tiles = max(1, FORCE_SEG_LEN // bwd_t)
     else:
         # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
-        rows = batch * n_dtiles
+        rows = batch * -(-dim // bwd_d)
         wanted = max(1, -(-_target_programs(device) // rows))
-        seg_tiles = max(-(-4096 // block_t), -(-n_tiles // wanted))
-    seg_tiles = min(seg_tiles, n_tiles)
-    n_seg = -(-n_tiles // seg_tiles)
-    n_pad = max(2, _next_pow2(d_state))
-    num_warps = int(env("MAMBASUITE_SCAN_WARPS", 0)) or tile_w
-    return LaunchPlan(block_d, block_t, n_dtiles, seg_tiles * block_t, n_seg, n_tiles, n_pad, num_warps)
+        seg_tiles = max(-(-4096 // bwd_t), -(-bwd_tiles // wanted))
+    seg_tiles = min(seg_tiles, bwd_tiles)
+    n_seg = -(-bwd_tiles // seg_tiles)
+    return LaunchPlan(
+        fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d)), bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d)),
+        ckpt_ratio=bwd_t // fwd_t, n_tiles=n_tiles, seg_len=seg_tiles * bwd_t, n_seg=n_seg,
+        n_pad=max(2, _next_pow2(d_state)))
 
 
 def _bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, int, int]]:
@@ -142,14 +172,15 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
     seg_p = torch.empty(seg_shape, **f32)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
-    grid = (batch * plan.n_dtiles, plan.n_seg)
+    tile = plan.fwd
+    grid = (batch * tile.n_dtiles, plan.n_seg)
     common = (
-        dim, length, d_state, dim // b_groups, dim // c_groups, plan.seg_len, plan.n_seg, plan.n_dtiles,
+        dim, length, d_state, dim // b_groups, dim // c_groups, plan.seg_len, plan.n_seg, tile.n_dtiles,
         plan.n_tiles, *u.stride(), *delta.stride(), *_strides3(z), *out.stride(), *A.stride(), *sb, *sc,
     )
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, B_VAR=b_var, C_VAR=c_var, REVERSE=reverse,
-                 BLOCK_D=plan.block_d, BLOCK_T=plan.block_t, N_PAD=plan.n_pad, num_warps=plan.num_warps)
+                 BLOCK_D=tile.block_d, BLOCK_T=tile.block_t, N_PAD=plan.n_pad, num_warps=tile.num_warps)
     ptrs = [u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy]
     if plan.n_seg > 1:  # pass 1: each segment's end state from a zero start, and its decay product
@@ -202,23 +233,24 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
     def bc_grad_buffer(var: bool, groups: int):
         if not var:
             return torch.empty(parts, dim, d_state, **f32), 0
-        rows = groups if atomic else plan.n_dtiles
+        rows = groups if atomic else plan.bwd.n_dtiles
         alloc = torch.zeros if atomic else torch.empty
         return alloc(batch, rows, d_state, length, **f32), rows
 
     dB_buf, db_rows = bc_grad_buffer(b_var, b_groups)
     dC_buf, dc_rows = bc_grad_buffer(c_var, c_groups)
     seg_e = torch.empty((batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
-    grid = (batch * plan.n_dtiles, plan.n_seg)
+    tile = plan.bwd
+    grid = (batch * tile.n_dtiles, plan.n_seg)
     common = (
         dim, length, d_state, dim // b_groups, dim // c_groups, db_rows, dc_rows, plan.seg_len, plan.n_seg,
-        plan.n_dtiles, plan.n_tiles, *u.stride(), *delta.stride(), *_strides3(z), *dout.stride(), *A.stride(),
+        tile.n_dtiles, plan.n_tiles, *u.stride(), *delta.stride(), *_strides3(z), *dout.stride(), *A.stride(),
         *sb, *sc,
     )
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, B_VAR=b_var, C_VAR=c_var, REVERSE=reverse, CARRY_FROM_LATER=not reverse,
-                 ATOMIC_BC=atomic, BLOCK_D=plan.block_d, BLOCK_T=plan.block_t, N_PAD=plan.n_pad,
-                 num_warps=plan.num_warps)
+                 ATOMIC_BC=atomic, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t, N_PAD=plan.n_pad,
+                 CKPT_RATIO=plan.ckpt_ratio, num_warps=tile.num_warps)
     dummy = du
     ptrs = [u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, dout]
@@ -235,7 +267,7 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
         if not var:
             return buf.sum(0).to(like.dtype)
         if not atomic:  # fixed-order sum of the channel-tile partials of each group
-            buf = buf.view(batch, groups, plan.n_dtiles // groups, d_state, length).sum(2)
+            buf = buf.view(batch, groups, plan.bwd.n_dtiles // groups, d_state, length).sum(2)
         return buf.view(like.shape).to(like.dtype)
 
     # A custom op's outputs may not alias each other: every absent gradient gets its own empty tensor.
@@ -298,4 +330,4 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return (out, last_state) if return_last_state else out
 
 
-__all__ = ["LaunchPlan", "deterministic_mode", "plan_launch", "selective_scan_triton"]
+__all__ = ["KernelTile", "LaunchPlan", "deterministic_mode", "plan_launch", "selective_scan_triton"]

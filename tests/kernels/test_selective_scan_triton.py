@@ -76,6 +76,27 @@ def test_segments_pass_state_exactly(monkeypatch, reverse):
     _compare(_inputs(2, 4, 200, 4, "variable", h0=True, seed=11), reverse=reverse)
 
 
+@pytest.mark.parametrize("reverse,seg", [(False, None), (True, None), (False, 64), (True, 64)])
+def test_backward_tile_spanning_several_forward_tiles(monkeypatch, reverse, seg):
+    """The backward may use its own tile (a multiple of the forward's, reading every k-th checkpoint) and its own
+    channel tile / warps; with reverse scans the entry checkpoint is the rightmost forward tile's."""
+    for key, value in dict(BLOCK_T=16, BLOCK_D=4, WARPS=1, BWD_BLOCK_T=32, BWD_BLOCK_D=2, BWD_WARPS=2).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    monkeypatch.setattr(triton_scan, "FORCE_SEG_LEN", seg)
+    plan = triton_scan.plan_launch(2, 8, 150, 4, 1, torch.device(DEVICE))
+    assert (plan.fwd.block_t, plan.bwd.block_t, plan.ckpt_ratio) == (16, 32, 2)
+    assert (plan.fwd.block_d, plan.bwd.block_d) == (4, 2) and plan.n_tiles == 10
+    assert plan.n_seg == (1 if seg is None else 3)
+    _compare(_inputs(2, 8, 150, 4, "variable", h0=True, seed=21), reverse=reverse)
+
+
+def test_backward_tile_must_be_a_multiple_of_the_forward_tile(monkeypatch):
+    monkeypatch.setenv("MAMBASUITE_SCAN_BLOCK_T", "32")
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_BLOCK_T", "48")
+    with pytest.raises(ValueError, match="multiple of the forward"):
+        triton_scan.plan_launch(2, 8, 150, 4, 1, torch.device(DEVICE))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs(dtype):
     _compare(_inputs(2, 8, 40, 4, "variable", dtype=dtype, seed=3), dtype=dtype, with_dlast=False)

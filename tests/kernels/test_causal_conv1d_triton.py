@@ -1,0 +1,265 @@
+"""Causal depthwise conv1d: Triton (CPU: Triton's interpreter) and the reference vs a float64 tap-sum formula.
+
+Outputs and gradients (x, weight, bias, initial_states, through final_states too), W in 2..4, odd L down to
+L=1 and L < W-1, bias/SiLU on and off, reverse, channel-first and channel-last x, fp32/bf16/fp16, streaming
+in chunks, several tiles per row (forced small tiles), bad inputs. Shapes stay tiny: the interpreter runs
+every program in Python.
+"""
+
+import pytest
+import torch
+
+from mambasuite.kernels import causal_conv1d
+
+pytest.importorskip("triton")
+
+SILU = "silu"
+
+
+def _formula64(x, weight, bias, activation, reverse, h0):
+    """out (and final states) in float64 as an explicit sum over the W taps (no conv op)."""
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    x, w = x.double(), weight.double()
+    pad = x.new_zeros(batch, dim, width - 1)
+    if reverse:  # out[t] = sum_k w[k] x[t + W-1-k]
+        xs = torch.cat([x, pad], dim=-1)
+        out = sum(w[:, k, None] * xs[..., width - 1 - k: width - 1 - k + length] for k in range(width))
+    else:  # out[t] = sum_k w[k] xs[t + k], xs = cat(h0, x)
+        xs = torch.cat([h0.double() if h0 is not None else pad, x], dim=-1)
+        out = sum(w[:, k, None] * xs[..., k: k + length] for k in range(width))
+    if bias is not None:
+        out = out + bias.double()[:, None]
+    if activation == SILU:
+        out = out * torch.sigmoid(out)
+    return out, xs[..., length: length + width - 1]
+
+
+def _make(batch, dim, length, width, *, channel_last, bias, h0, dtype=torch.float32, wdtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if channel_last:  # the transposed view of a (batch, L, dim) tensor
+        x = torch.randn(batch, length, dim, generator=g).to(dtype).transpose(1, 2)
+    else:
+        x = torch.randn(batch, dim, length, generator=g).to(dtype)
+    w = (torch.randn(dim, width, generator=g) * 0.5).to(wdtype)
+    b = torch.randn(dim, generator=g).to(wdtype) if bias else None
+    s = torch.randn(batch, dim, width - 1, generator=g).to(dtype) if h0 else None
+    return [t.requires_grad_() if t is not None else None for t in (x, w, b, s)]
+
+
+def _detached(tensors, dtype=None):
+    return [t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None for t in tensors]
+
+
+def _run(inputs, activation, reverse, final, backend):
+    x, w, b, s = inputs
+    res = causal_conv1d(x, w, b, activation, reverse=reverse, initial_states=s, return_final_states=final,
+                        backend=backend)
+    return res if final else (res, None)
+
+
+def _backward(out, final, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum()
+    if final is not None:
+        loss = loss + (final.double() * torch.randn(final.shape, generator=g, dtype=torch.float64)).sum()
+    loss.backward()
+
+
+# (W, L, bias, silu, reverse, channel_last, initial_states, final_states): every W with L = 1, L < W-1,
+# odd L; each option on and off somewhere, each layout with and without streaming states.
+CASES = [
+    (4, 37, True, True, False, False, True, True),
+    (4, 2, True, True, False, True, True, True),
+    (4, 1, False, False, False, False, False, True),
+    (4, 19, True, True, True, True, False, False),
+    (3, 1, True, True, False, True, True, True),
+    (3, 9, False, True, True, False, False, False),
+    (3, 33, True, False, False, True, False, True),
+    (2, 1, True, False, True, False, False, False),
+    (2, 7, False, True, False, False, True, True),
+    (2, 13, True, True, False, True, True, False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "W{}-L{}-bias{:d}-silu{:d}-rev{:d}-cl{:d}-h0{:d}-hn{:d}".format(*c))
+def test_matches_float64_formula_and_reference(case):
+    width, length, bias, silu, reverse, channel_last, h0, final = case
+    act = SILU if silu else None
+    ins = _make(2, 6, length, width, channel_last=channel_last, bias=bias, h0=h0, seed=length)
+    ref64 = _detached(ins, torch.float64)
+    exp_out, exp_final = _formula64(*ref64[:3], act, reverse, ref64[3])
+    _backward(exp_out, exp_final if final else None)
+    results = {}
+    for backend in ("reference", "triton"):
+        mine = _detached(ins)
+        out, fin = _run(mine, act, reverse, final, backend)
+        assert out.dtype == torch.float32 and out.shape == (2, 6, length)
+        _backward(out, fin)
+        results[backend] = (out, fin, mine)
+        torch.testing.assert_close(out.double(), exp_out, rtol=1e-5, atol=1e-5)
+        if final:
+            assert fin.shape == (2, 6, width - 1)
+            torch.testing.assert_close(fin.double(), exp_final, rtol=0, atol=1e-7)  # a copy of inputs
+        for name, ours, exp in zip(("x", "weight", "bias", "initial_states"), mine, ref64):
+            if ours is not None:
+                torch.testing.assert_close(ours.grad.double(), exp.grad, rtol=1e-5, atol=1e-5, msg=name)
+    (out_t, fin_t, tri), (out_r, fin_r, ref) = results["triton"], results["reference"]
+    torch.testing.assert_close(out_t, out_r, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(tri, ref):
+        if ours is not None:
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+    if channel_last:  # the Triton output (and dx) follow x's layout
+        assert out_t.stride(1) == 1 and tri[0].grad.stride(1) == 1
+
+
+@pytest.mark.parametrize("channel_last", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_many_tiles_per_row(monkeypatch, channel_last, reverse):
+    """Forced 4-step x 2-channel tiles: halos across tile edges, partial sums of many programs, the initial
+    states handled by the first tile and the final states by the last one."""
+    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "4")
+    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_D", "2")
+    streaming = not reverse
+    ins = _make(2, 5, 11, 4, channel_last=channel_last, bias=True, h0=streaming, seed=3)
+    ref64 = _detached(ins, torch.float64)
+    exp_out, exp_final = _formula64(*ref64[:3], SILU, reverse, ref64[3])
+    _backward(exp_out, exp_final if streaming else None)
+    out, fin = _run(ins, SILU, reverse, streaming, "triton")
+    _backward(out, fin)
+    torch.testing.assert_close(out.double(), exp_out, rtol=1e-5, atol=1e-5)
+    if streaming:
+        torch.testing.assert_close(fin.double(), exp_final, rtol=0, atol=1e-7)
+    for name, ours, exp in zip(("x", "weight", "bias", "initial_states"), ins, ref64):
+        if ours is not None:
+            torch.testing.assert_close(ours.grad.double(), exp.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channel_last", [False, True])
+def test_half_precision_matches_reference(dtype, channel_last):
+    """Half inputs with fp32 weights (the autocast case): both backends compute in fp32, round once."""
+    ins = _make(2, 8, 21, 4, channel_last=channel_last, bias=True, h0=True, dtype=dtype, seed=5)
+    res = {}
+    for backend in ("reference", "triton"):
+        mine = _detached(ins)
+        out, fin = _run(mine, SILU, False, True, backend)
+        assert out.dtype == dtype and fin.dtype == dtype
+        _backward(out, fin)
+        res[backend] = (out, fin, mine)
+    (out_t, fin_t, tri), (out_r, fin_r, ref) = res["triton"], res["reference"]
+    torch.testing.assert_close(out_t.float(), out_r.float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(fin_t, fin_r)
+    x64 = _detached(ins, torch.float64)  # the fp32 math is close to exact: compare to the float64 formula
+    exp, _ = _formula64(*x64[:3], SILU, False, x64[3])
+    torch.testing.assert_close(out_t.double(), exp, rtol=1e-2, atol=1e-2)
+    for ours, theirs in zip(tri, ref):
+        assert ours.grad.dtype == ours.dtype
+        torch.testing.assert_close(ours.grad.float(), theirs.grad.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_half_weights():
+    ins = _make(1, 4, 9, 3, channel_last=False, bias=True, h0=False, dtype=torch.bfloat16, wdtype=torch.bfloat16)
+    outs = [_run(_detached(ins), SILU, True, False, b)[0] for b in ("reference", "triton")]
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("channel_last", [False, True])
+def test_streaming_in_chunks_equals_one_shot(backend, channel_last):
+    """Chunks of 1, 2 (< W-1: its final states reach back into the previous chunk) and 8 steps, each started
+    from the previous chunk's final states, give the one-shot output and gradients."""
+    ins = _make(2, 6, 11, 4, channel_last=channel_last, bias=True, h0=True, seed=7)
+    one = _detached(ins)
+    out, _ = _run(one, SILU, False, False, backend)
+    _backward(out, None)
+    chunked = _detached(ins)
+    x, w, b, state = chunked
+    pieces = []
+    for lo, hi in ((0, 1), (1, 3), (3, 11)):
+        y, state = causal_conv1d(x[..., lo:hi], w, b, SILU, initial_states=state, return_final_states=True,
+                                 backend=backend)
+        pieces.append(y)
+    _backward(torch.cat(pieces, dim=-1), None)
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state, ins[0][..., -3:].detach(), rtol=0, atol=0)
+    for ours, theirs in zip(chunked, one):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_final_states_without_initial_states_are_zero_padded():
+    x, w, _, _ = _make(1, 3, 2, 4, channel_last=False, bias=False, h0=False)
+    for backend in ("reference", "triton"):
+        _, fin = causal_conv1d(x, w, return_final_states=True, backend=backend)
+        assert torch.equal(fin[..., 0], torch.zeros(1, 3)) and torch.equal(fin[..., 1:], x.detach())
+
+
+def test_backward_is_bitwise_reproducible(monkeypatch):
+    """dweight/dbias are per-program partials summed in a fixed order (no atomics)."""
+    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "8")
+    grads = []
+    for _ in range(2):
+        ins = _make(3, 4, 29, 4, channel_last=False, bias=True, h0=True, seed=11)
+        out, fin = _run(ins, SILU, False, True, "triton")
+        _backward(out, fin)
+        grads.append([t.grad for t in ins])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_auto_is_the_reference_on_cpu(monkeypatch):
+    import mambasuite.kernels.triton.causal_conv1d as tri
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("backend='auto' must not reach Triton on CPU")
+
+    monkeypatch.setattr(tri, "causal_conv1d_triton", refuse)
+    x, w, b, _ = _make(1, 4, 5, 3, channel_last=False, bias=True, h0=False)
+    assert torch.equal(causal_conv1d(x, w, b, SILU), causal_conv1d(x, w, b, SILU, backend="reference"))
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake (meta) implementations and autograd registration of the forward op; the outputs
+    never alias each other or an input."""
+    import mambasuite.kernels.triton.causal_conv1d as tri
+
+    x, w, b, s = _make(2, 4, 5, 3, channel_last=True, bias=True, h0=True)
+    torch.library.opcheck(tri._fwd_op, (x, w, b, s, True, False, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    out, fin = tri._fwd_op(x, w, b, s, True, False, False)
+    assert fin.numel() == 0 and fin.data_ptr() != out.data_ptr()
+
+
+def test_bad_inputs_are_named(monkeypatch):
+    x, w, b, s = (t.detach() if t is not None else None for t in
+                  _make(2, 4, 5, 3, channel_last=False, bias=True, h0=True))
+    with pytest.raises(ValueError, match="weight width must be in 2..4, got 5"):
+        causal_conv1d(x, torch.randn(4, 5))
+    with pytest.raises(ValueError, match="weight width must be in 2..4, got 1"):
+        causal_conv1d(x, torch.randn(4, 1), backend="triton")
+    with pytest.raises(ValueError, match=r"weight must have shape \(dim, width\) with dim=4"):
+        causal_conv1d(x, torch.randn(3, 4))
+    with pytest.raises(TypeError, match="x must be a float16/bfloat16/float32/float64 tensor"):
+        causal_conv1d(x.long(), w)
+    with pytest.raises(TypeError, match="initial_states must have x's dtype torch.float32"):
+        causal_conv1d(x, w, initial_states=s.half())
+    with pytest.raises(ValueError, match=r"initial_states must have shape \(batch, dim, W-1\) = \(2, 4, 2\)"):
+        causal_conv1d(x, w, initial_states=s[..., :1])
+    with pytest.raises(ValueError, match="weight on meta"):
+        causal_conv1d(x, w.to("meta"))
+    with pytest.raises(ValueError, match="initial_states on meta"):
+        causal_conv1d(x, w, b, initial_states=s.to("meta"))
+    for kwargs in (dict(initial_states=s), dict(return_final_states=True)):
+        for backend in ("reference", "triton"):
+            with pytest.raises(ValueError, match="not supported with reverse=True"):
+                causal_conv1d(x, w, reverse=True, backend=backend, **kwargs)
+    with pytest.raises(ValueError, match="activation must be None, 'silu' or 'swish'"):
+        causal_conv1d(x, w, activation="gelu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        causal_conv1d(x, w, backend="cuda")
+    with pytest.raises(TypeError, match="float64"):
+        causal_conv1d(x.double(), w, backend="triton")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        causal_conv1d(x, w, backend="mamba_ssm")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        causal_conv1d(x, w, backend="triton")
