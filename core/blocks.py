@@ -128,10 +128,9 @@ class Block(nn.Module):
 
 
 def norm_backend(mixer: nn.Module) -> str:
-    """Backend for a block's fused add + norm: the mixer's own when it is "reference" or "triton", else "auto"
-    (the mamba_ssm peer has no add + norm op of ours to call)."""
-    backend = getattr(mixer, "backend", "auto")
-    return backend if backend in ("reference", "triton") else "auto"
+    """Backend for a block's fused add + norm: the mixer's own ("mamba_ssm" gives mamba-ssm's own fused norm, so
+    a peer block is built from the peer's ops throughout), "auto" for mixers without one."""
+    return getattr(mixer, "backend", "auto")
 
 
 def _init_weights(module: nn.Module, n_layer: int, rescale_prenorm_residual: bool = True,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..kernels import BACKENDS, causal_conv1d, selective_scan
+from ..kernels import BACKENDS, bidirectional_scan, causal_conv1d, cross_scan_2d, selective_scan
 
 __all__ = ["BiMamba", "Mamba", "SS2D"]
 
@@ -167,18 +167,18 @@ class _SSMBranches(nn.Module):
         D._no_weight_decay = True
         self.register_parameter(f"D{s}", D)
 
-    def _ssm_branch(self, x: torch.Tensor, z: torch.Tensor | None, s: str, reverse: bool) -> torch.Tensor:
-        """Run direction `s`: x, z (batch, d_inner, L) -> gated scan output (batch, d_inner, L).
+    def _branch_inputs(self, x: torch.Tensor, s: str, reverse: bool) -> dict[str, torch.Tensor | None]:
+        """Direction `s`'s scan inputs from x (batch, d_inner, L): conv + SiLU -> u, x_proj/dt_proj -> delta, B, C,
+        plus A, D and delta_bias (fp32), keyed like `selective_scan`'s arguments.
 
-        reverse=True makes the conv anti-causal and scans from the end: the same result as flipping
-        x and z, running the forward branch, and flipping back -- without the copies.
+        reverse=True makes the conv anti-causal (the scan then runs from the end): the same result as flipping
+        x, running the forward branch, and flipping back -- without the copies.
         """
         length = x.shape[-1]
         conv = getattr(self, f"conv1d{s}")
-        # `backend` selects the scan; the conv has no Triton kernel yet (fused-kernels issue), so it
-        # always takes its own default path (cuDNN/ATen depthwise conv).
+        # `backend` selects the conv's kernel as well as the scan's ("mamba_ssm" = causal-conv1d's CUDA conv).
         x = causal_conv1d(x, rearrange(conv.weight, "d 1 w -> d w"), conv.bias, activation="silu",
-                          reverse=reverse)
+                          reverse=reverse, backend=self.backend)
         if self.selective:
             x_dbl = getattr(self, f"x_proj{s}")(rearrange(x, "b d l -> (b l) d"))  # (b*l, R + 2N)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -192,15 +192,19 @@ class _SSMBranches(nn.Module):
             delta = torch.zeros_like(x)  # softplus(0 + dt_bias): a per-channel, input-independent step
             B, C = getattr(self, f"B{s}"), getattr(self, f"C{s}")
             delta_bias = getattr(self, f"dt_bias{s}")
-        A = -torch.exp(_at_least_fp32(getattr(self, f"A{s}_log")))
-        delta_bias = _at_least_fp32(delta_bias)
-        out = selective_scan(x, delta, A, B, C, D=_at_least_fp32(getattr(self, f"D{s}")), z=z,
-                             delta_bias=delta_bias, delta_softplus=True, return_last_state=self.capture is not None,
+        return dict(u=x, delta=delta, A=-torch.exp(_at_least_fp32(getattr(self, f"A{s}_log"))), B=B, C=C,
+                    D=_at_least_fp32(getattr(self, f"D{s}")), delta_bias=_at_least_fp32(delta_bias))
+
+    def _ssm_branch(self, x: torch.Tensor, z: torch.Tensor | None, s: str, reverse: bool) -> torch.Tensor:
+        """Run direction `s`: x, z (batch, d_inner, L) -> gated scan output (batch, d_inner, L)."""
+        inputs = self._branch_inputs(x, s, reverse)
+        out = selective_scan(**inputs, z=z, delta_softplus=True, return_last_state=self.capture is not None,
                              reverse=reverse, backend=self.backend)
         if self.capture is None:
             return out
         out, last_state = out
-        _call_capture(self, "rev" if reverse else "fwd", delta, delta_bias, A, z, last_state)
+        _call_capture(self, "rev" if reverse else "fwd", inputs["delta"], inputs["delta_bias"], inputs["A"], z,
+                      last_state)
         return out
 
     def _in_proj_xz(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,11 +345,22 @@ class BiMamba(_SSMBranches):
                 return self.out_proj(torch.cat([out_f, out_b], dim=-1))
             return _combine(out_f, out_b, self.combine)
         x, z = self._in_proj_xz(hidden_states)
-        y_f = rearrange(self._ssm_branch(x, z, "", reverse=False), "b d l -> b l d")
-        y_b = rearrange(self._ssm_branch(x, z, "_b", reverse=True), "b d l -> b l d")
-        if self.combine == "mul":  # the product is not linear: project each direction first
-            return self.out_proj(y_f) * self.out_proj(y_b)
-        return self.out_proj(_combine(y_f, y_b, self.combine))
+        if self.capture is not None:  # analytics need each direction's last state: one scan call per direction
+            y_f = rearrange(self._ssm_branch(x, z, "", reverse=False), "b d l -> b l d")
+            y_b = rearrange(self._ssm_branch(x, z, "_b", reverse=True), "b d l -> b l d")
+            if self.combine == "mul":
+                return self.out_proj(y_f) * self.out_proj(y_b)
+            return self.out_proj(_combine(y_f, y_b, self.combine))
+        fwd, rev = self._branch_inputs(x, "", reverse=False), self._branch_inputs(x, "_b", reverse=True)
+        pairs = {name: (fwd[name], rev[name]) for name in fwd}
+        # Both directions in one bidirectional scan (one launch on the Triton backend, no flipped copies).
+        # "mul" multiplies the *projected* directions (out_proj is not linear in a product), so the scan returns
+        # them stacked.
+        y = bidirectional_scan(**pairs, z=z, combine="stack" if self.combine == "mul" else self.combine,
+                               delta_softplus=True, backend=self.backend)
+        if self.combine == "mul":
+            return self.out_proj(rearrange(y[0], "b d l -> b l d")) * self.out_proj(rearrange(y[1], "b d l -> b l d"))
+        return self.out_proj(rearrange(y, "b d l -> b l d"))
 
 
 def _call_capture(mixer: nn.Module, branch: str, delta: torch.Tensor, delta_bias: torch.Tensor,
@@ -455,14 +470,34 @@ class SS2D(nn.Module):
         if self.conv2d is not None:
             x = self.conv2d(x)
         x = F.silu(x)
-        y = self._cross_scan_merge(x)  # (b, d_inner, h, w)
+        # (b, d_inner, h, w); one fused 2D scan, or per-route-pair calls when analytics need the last states
+        y = self._cross_scan_merge(x) if self.capture is None else self._cross_scan_merge_captured(x)
         y = self.out_norm(rearrange(y, "b d h w -> b h w d"))
         if z is not None:
             y = y * F.silu(z)
         return self.out_proj(y)
 
     def _cross_scan_merge(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, d_inner, H, W) -> sum of the four directional scans, (batch, d_inner, H, W)."""
+        """(batch, d_inner, H, W) -> sum of the four directional scans, (batch, d_inner, H, W), in x's dtype.
+
+        x_proj and dt_proj act on each token alone, so every route's delta, B and C are computed at each pixel
+        of the row-major map (the same values VMamba computes on its permuted copies); `cross_scan_2d` reads
+        them, and x, in each route's order and merges the routes in its stores.
+        """
+        batch, e, height, width = x.shape
+        n, r = self.d_state, self.dt_rank
+        u = x.reshape(batch, e, height * width)
+        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight)  # (b, 4, R + 2N, H*W)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (b, 4, d_inner, H*W)
+        A = -torch.exp(_at_least_fp32(self.A_logs)).view(self.K, e, n)
+        y = cross_scan_2d(x, delta, A, Bs, Cs, _at_least_fp32(self.Ds).view(self.K, e),
+                          _at_least_fp32(self.dt_projs_bias), delta_softplus=True, backend=self.backend)
+        return y.to(x.dtype)
+
+    def _cross_scan_merge_captured(self, x: torch.Tensor) -> torch.Tensor:
+        """`_cross_scan_merge` through two grouped `selective_scan` calls (route pairs), which return the last
+        states that `capture` hands to the analytics."""
         batch, e, height, width = x.shape
         n, r, length = self.d_state, self.dt_rank, height * width
         # Routes 0 and 1 (and their reversals 2 and 3) read the same two sequences.

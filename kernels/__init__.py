@@ -7,6 +7,10 @@ Public ops (shapes in their docstrings):
 * `causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, initial_states=None,
   return_final_states=False, backend="auto")`
 * `add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backend="auto")`
+* `bidirectional_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add", ...)`: pairs
+  (forward, reverse) of scan inputs, both directions in one launch (multi_scan.py)
+* `cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False, backend="auto")`:
+  VMamba's four routes over a 2D map, gather and merge fused (multi_scan.py)
 
 `backend`:
   "auto"      -- Triton on CUDA tensors, the PyTorch reference elsewhere;
@@ -26,7 +30,8 @@ import torch
 from ._checks import BACKENDS, check_add_rms_norm_args, check_causal_conv1d_args, check_selective_scan_args
 from .reference import add_rms_norm_ref, causal_conv1d_ref, selective_scan_ref
 
-__all__ = ["BACKENDS", "add_rms_norm", "causal_conv1d", "selective_scan", "triton_available"]
+__all__ = ["BACKENDS", "add_rms_norm", "bidirectional_scan", "causal_conv1d", "cross_scan_2d", "selective_scan",
+           "triton_available"]
 
 
 def triton_available() -> bool:
@@ -123,8 +128,8 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backen
     Args:
         x: (..., dim) the previous mixer's output (or the embeddings); residual: (..., dim) or None (first block);
         weight: (dim,); residual_in_fp32: keep the new residual in fp32.
-        backend: "auto" | "reference" | "triton" ("mamba_ssm" is refused: the peer comparison uses its own
-            norm through its own code path).
+        backend: "auto" | "reference" | "triton" | "mamba_ssm" (mamba-ssm's Triton rms_norm_fn, for the
+            peer-block comparisons).
     Returns:
         (out (..., dim) in x's dtype, new_residual (..., dim)); gradients flow to x, residual and weight.
     """
@@ -136,4 +141,10 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backen
         from .triton.add_rms_norm import add_rms_norm_triton
 
         return add_rms_norm_triton(x, residual, weight, eps, residual_in_fp32)
-    raise NotImplementedError("add_rms_norm: backend='mamba_ssm' is not offered; use 'reference' or 'triton'")
+    from .peer import add_rms_norm_mamba_ssm
+
+    return add_rms_norm_mamba_ssm(x, residual, weight, eps, residual_in_fp32)
+
+
+# Multi-direction scans (they use _resolve above).
+from .multi_scan import bidirectional_scan, cross_scan_2d  # noqa: E402

@@ -95,3 +95,16 @@ def causal_conv1d_peer(x, weight, bias=None, activation=None, *, reverse=False, 
     initial_states = _channel_last(initial_states) if initial_states is not None else None
     return fn(x, weight, bias, initial_states=initial_states, return_final_states=return_final_states,
               activation=activation)
+
+
+def add_rms_norm_mamba_ssm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
+    """Same contract as `add_rms_norm_ref`, computed by mamba-ssm's Triton fused add + RMSNorm (`rms_norm_fn`
+    with prenorm=True), the norm its own Mamba blocks use."""
+    _import_selective_scan_fn()  # stubs the top package and reports a missing mamba-ssm clearly
+    try:
+        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
+    except ImportError as err:
+        raise RuntimeError(f"add_rms_norm backend='mamba_ssm': mamba-ssm's layer_norm does not import: {err}") from err
+    out, new_residual = rms_norm_fn(x, weight, None, residual=residual, eps=eps, prenorm=True,
+                                    residual_in_fp32=residual_in_fp32)
+    return out, new_residual

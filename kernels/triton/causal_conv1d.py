@@ -18,13 +18,13 @@ the partials are summed in a fixed order (deterministic, no atomics).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
 _MAX_EXTENT = 2**31 - 1
 
 
@@ -54,15 +54,29 @@ def _tap(x_ptr, h0_ptr, x_base, h0_base, d, t, t_lo, dim, L, s_xd, s_xl, s_hd, s
 
 
 @triton.jit
-def _weight(w_ptr, d, dim, s_wd, s_wk, k: tl.constexpr, W: tl.constexpr):
-    """weight[d, k] as a (BLOCK_D, 1) fp32 column; zeros for the absent taps k >= W."""
-    if k < W:
-        return tl.load(w_ptr + d * s_wd + k * s_wk, mask=d < dim, other=0.0).to(tl.float32)
-    return tl.zeros(d.shape, tl.float32)
+def _column(ptr, d1, dim, stride):
+    """ptr[d1 * stride] (d1: (BLOCK_D,) channels) as a (BLOCK_D, 1) fp32 column. Loaded as a vector, then
+    broadcast: a (BLOCK_D, 1) load would be issued once per element of the tile a thread holds."""
+    return tl.load(ptr + d1 * stride, mask=d1 < dim, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _weights(w_ptr, d1, dim, s_wd, s_wk, W: tl.constexpr):
+    """The W taps of channels d1 as four (BLOCK_D, 1) fp32 columns (zeros for k >= W): one (BLOCK_D, 4)
+    load (a row of taps is contiguous), split in registers."""
+    k = tl.arange(0, 4)[None, :]
+    blk = tl.load(w_ptr + d1[:, None] * s_wd + k * s_wk, mask=(d1[:, None] < dim) & (k < W), other=0.0)
+    blk = blk.to(tl.float32)
+    w0 = tl.sum(tl.where(k == 0, blk, 0.0), axis=1)[:, None]
+    w1 = tl.sum(tl.where(k == 1, blk, 0.0), axis=1)[:, None]
+    w2 = tl.sum(tl.where(k == 2, blk, 0.0), axis=1)[:, None]
+    w3 = tl.sum(tl.where(k == 3, blk, 0.0), axis=1)[:, None]
+    return w0, w1, w2, w3
 
 
 @triton.jit
 def _pick(a, b, c, e, i: tl.constexpr):
+    """The i-th of four values, i a compile-time constant (tap k of w0..w3)."""
     if i == 0:
         return a
     if i == 1:
@@ -73,20 +87,16 @@ def _pick(a, b, c, e, i: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(x_ptr, h0_ptr, b_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
-              s_xd, s_xl, s_hd, s_hl, s_b, s_gd, s_gl, w0, w1, w2, w3,
-              W: tl.constexpr, DIR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-              SILU: tl.constexpr):
+def _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
+              s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
+              W: tl.constexpr, DIR: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr):
     """dx at positions t (without the d final_states term), and this tile's sums over t of dpre (dbias)
-    and of dpre * tap k (dweight), each (BLOCK_D,).
+    and of dpre * tap k (dweight), each a (BLOCK_D, 1) column. bias, w0..w3: (BLOCK_D, 1) fp32 columns.
 
     Walks s = 0..W-1 over the positions t + DIR*s that reach t through the taps, keeping a sliding window
     of W inputs: pre at t + DIR*s needs xs[t + DIR*(s + k - (W-1))], k = 0..W-1.
     """
     dm = d < dim
-    bias = tl.zeros(d.shape, tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + d * s_b, mask=dm, other=0.0).to(tl.float32)
     # the window at s = 0: taps k = 0..W-1 at offsets DIR*(k - (W-1))
     xa = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (0 - (W - 1)), t_lo + DIR * (0 - (W - 1)), dim, L,
               s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
@@ -152,7 +162,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt,
     pid_l = pid % n_lt
     pid_d = (pid // n_lt) % n_dt
     pid_b = (pid // n_lt) // n_dt
-    d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D))[:, None]
+    d1 = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = d1[:, None]
     t_lo = pid_l * BLOCK_L
     t = (t_lo + tl.arange(0, BLOCK_L))[None, :]
     dm = d < dim
@@ -160,11 +171,12 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt,
     h0_base = pid_b.to(tl.int64) * s_hb
     acc = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + d * s_b, mask=dm, other=0.0).to(tl.float32)
+        acc += _column(b_ptr, d1, dim, s_b)
+    w0, w1, w2, w3 = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
     for k in tl.static_range(W):
-        w = _weight(w_ptr, d, dim, s_wd, s_wk, k, W)
-        acc += w * _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (k - (W - 1)), t_lo + DIR * (k - (W - 1)),
-                        dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
+        off = DIR * (k - (W - 1))  # tap k of position t reads xs[t + off]
+        acc += _pick(w0, w1, w2, w3, k) * _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + off, t_lo + off, dim, L,
+                                               s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
     if SILU:
         acc = acc * _sigmoid(acc)
     tl.store(out_ptr + pid_b.to(tl.int64) * s_ob + d * s_od + t * s_ol, acc.to(out_ptr.dtype.element_ty),
@@ -190,20 +202,21 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
     pid_l = pid % n_lt
     pid_d = (pid // n_lt) % n_dt
     pid_b = (pid // n_lt) // n_dt
-    d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D))[:, None]
+    d1 = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = d1[:, None]
     t_lo = pid_l * BLOCK_L
     t = (t_lo + tl.arange(0, BLOCK_L))[None, :]
     dm = d < dim
     x_base = pid_b.to(tl.int64) * s_xb
     h0_base = pid_b.to(tl.int64) * s_hb
     g_base = pid_b.to(tl.int64) * s_gb
-    w0 = _weight(w_ptr, d, dim, s_wd, s_wk, 0, W)
-    w1 = _weight(w_ptr, d, dim, s_wd, s_wk, 1, W)
-    w2 = _weight(w_ptr, d, dim, s_wd, s_wk, 2, W)
-    w3 = _weight(w_ptr, d, dim, s_wd, s_wk, 3, W)
-    dx, db, dw0, dw1, dw2, dw3 = _bwd_tile(x_ptr, h0_ptr, b_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
-                                           s_xd, s_xl, s_hd, s_hl, s_b, s_gd, s_gl, w0, w1, w2, w3,
-                                           W, DIR, HAS_BIAS, HAS_H0, SILU)
+    w0, w1, w2, w3 = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
+    bias = tl.zeros([BLOCK_D, 1], tl.float32)
+    if HAS_BIAS:
+        bias = _column(b_ptr, d1, dim, s_b)
+    dx, db, dw0, dw1, dw2, dw3 = _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
+                                           s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
+                                           W, DIR, HAS_H0, SILU)
     if HAS_DHN:  # final_states[i] is xs at L-(W-1)+i: its gradient flows back to those inputs
         i = t - (L - (W - 1))
         dx += tl.load(dhn_ptr + pid_b.to(tl.int64) * s_nb + d * s_nd + i * s_nl,
@@ -224,9 +237,9 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
     if NEED_DH0:
         if pid_l == 0:  # d initial_states: the same sum at the positions -(W-1)..-1
             j = tl.arange(0, 4)[None, :]
-            dh0, _, _, _, _, _ = _bwd_tile(x_ptr, h0_ptr, b_ptr, g_ptr, x_base, h0_base, g_base, d, j - (W - 1),
-                                           1 - W, dim, L, s_xd, s_xl, s_hd, s_hl, s_b, s_gd, s_gl, w0, w1, w2, w3,
-                                           W, DIR, HAS_BIAS, HAS_H0, SILU)
+            dh0, _, _, _, _, _ = _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, j - (W - 1), 1 - W,
+                                           dim, L, s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
+                                           W, DIR, HAS_H0, SILU)
             if HAS_DHN:  # when L < W-1 some final states are initial states
                 dh0 += tl.load(dhn_ptr + pid_b.to(tl.int64) * s_nb + d * s_nd + (j - L) * s_nl,
                                mask=dm & (j >= L) & (j < W - 1), other=0.0).to(tl.float32)
@@ -282,6 +295,11 @@ def _plan(x: torch.Tensor, backward: bool) -> tuple[int, int, int, int, int]:
     return block_d, block_l, triton.cdiv(dim, block_d), triton.cdiv(length, block_l), warps
 
 
+def _on_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it x's (a no-op on CPU)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * n
 
@@ -296,13 +314,14 @@ def _fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     out = _empty_in_layout(x)
     final = _empty_in_layout(x, (batch, dim, width - 1)) if return_final_states else x.new_empty(0)
     block_d, block_l, n_dt, n_lt, warps = _plan(x, backward=False)
-    _conv_fwd_kernel[(batch * n_dt * n_lt,)](
-        x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
-        out, final if return_final_states else out, dim, length, n_dt, n_lt,
-        *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
-        *out.stride(), *_strides(final if return_final_states else None, 3),
-        W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
-        HAS_HN=return_final_states, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+    with _on_device(x):
+        _conv_fwd_kernel[(batch * n_dt * n_lt,)](
+            x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
+            out, final if return_final_states else out, dim, length, n_dt, n_lt,
+            *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
+            *out.stride(), *_strides(final if return_final_states else None, 3),
+            W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
+            HAS_HN=return_final_states, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     return out, final
 
 
@@ -326,15 +345,17 @@ def _bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     dh0 = _empty_in_layout(initial_states) if initial_states is not None else x.new_empty(0)
     dw_part = torch.empty(batch * n_lt, dim, width, dtype=torch.float32, device=x.device)
     db_part = torch.empty(batch * n_lt, dim, dtype=torch.float32, device=x.device) if bias is not None else dw_part
-    _conv_bwd_kernel[(batch * n_dt * n_lt,)](
-        x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
-        dout, dfinal if dfinal is not None else dout, dx, dh0 if initial_states is not None else dx, dw_part, db_part,
-        dim, length, n_dt, n_lt,
-        *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
-        *dout.stride(), *_strides(dfinal, 3), *dx.stride(), *_strides(dh0 if initial_states is not None else None, 3),
-        W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
-        HAS_DHN=dfinal is not None, NEED_DH0=initial_states is not None, SILU=silu,
-        BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+    with _on_device(x):
+        _conv_bwd_kernel[(batch * n_dt * n_lt,)](
+            x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
+            dout, dfinal if dfinal is not None else dout, dx, dh0 if initial_states is not None else dx,
+            dw_part, db_part, dim, length, n_dt, n_lt,
+            *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
+            *dout.stride(), *_strides(dfinal, 3), *dx.stride(),
+            *_strides(dh0 if initial_states is not None else None, 3),
+            W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
+            HAS_DHN=dfinal is not None, NEED_DH0=initial_states is not None, SILU=silu,
+            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     dweight = dw_part.sum(0).to(weight.dtype)  # a fixed-order reduction: deterministic
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
     return dx, dweight, dbias, dh0

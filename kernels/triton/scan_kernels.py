@@ -99,15 +99,25 @@ def _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, n_seg, offs_d, offs_n, m
 
 
 @triton.jit
-def selective_scan_fwd_kernel(
+def _positions(offs_t, MAP_H, MAP_W, COLUMNS: tl.constexpr):
+    """Memory position of scan steps offs_t: the step itself, or (2D routes) column-major order over an
+    (MAP_H, MAP_W) row-major map, so that a column route reads the map in place (no transposed copy)."""
+    if COLUMNS:
+        return (offs_t % MAP_H) * MAP_W + offs_t // MAP_H
+    else:
+        return offs_t
+
+
+@triton.jit
+def _fwd_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
-    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment).
@@ -158,8 +168,9 @@ def selective_scan_fwd_kernel(
         offs_t = tile * BLOCK_T + cols
         mask_t = offs_t < seg_stop
         m2 = mask_d[:, None] & mask_t[None, :]
-        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
-        dt = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+        pos = _positions(offs_t, MAP_H, MAP_W, COLUMNS)
+        u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
+        dt = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
         if HAS_BIAS:
             dt += bias[:, None]
         if SOFTPLUS:
@@ -172,23 +183,26 @@ def selective_scan_fwd_kernel(
             sel = offs_n[None, :] == n
             a_n = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
             a = tl.exp2(dt * a_n[:, None])
-            x = dtu * _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+            x = dtu * _load_bc(B_ptr, b, grp_b, n, offs_d, pos, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
             h_in = _column(state, sel)
             if not STATE_ONLY:
                 tl.store(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + tile) * N + n, h_in, mask=mask_d)
             x = tl.where(first_col, x + a * h_in[:, None], x)
             _, h = tl.associative_scan((a, x), 1, _combine, reverse=REVERSE)
             if not STATE_ONLY:
-                y += h * _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+                y += h * _load_bc(C_ptr, b, grp_c, n, offs_d, pos, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             state = tl.where(sel, _column(h, last_col)[:, None], state)
         if not STATE_ONLY:
             if HAS_D:
                 y += d_skip[:, None] * u
             if HAS_Z:
-                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+                zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
                 y = y * zv * tl.sigmoid(zv)
-            o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + offs_t[None, :] * s_ot
-            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
+            o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + pos[None, :] * s_ot
+            if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
+                tl.atomic_add(o_ptrs, y, mask=m2)
+            else:
+                tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
     seg_off = ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :]
     if STATE_ONLY:
@@ -205,16 +219,125 @@ def selective_scan_fwd_kernel(
 
 
 @triton.jit
-def selective_scan_bwd_kernel(
+def _fwd_route(
+    k,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
+    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb,
+    s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
+    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, dir_u, dir_dt,
+    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+    REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+):
+    """Direction k of a multi-direction launch: its tensors start k * dir_* elements after direction 0's."""
+    _fwd_program(
+        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
+        D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
+        ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
+        N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
+        s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z,
+        HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT, BLOCK_D,
+        BLOCK_T, N_PAD,
+    )
+
+
+@triton.jit
+def selective_scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
+    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb,
+    s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
+    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
+    chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
+    2D map (rows, columns, both reversed). dir_* are the element offsets from one direction's tensors to the
+    next's (0 for a tensor the directions share)."""
+    if DIRECTIONS == 1:
+        _fwd_route(
+            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
+            seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub,
+            s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3,
+            s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE,
+            ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state,
+            dir_out, dir_ckpt, dir_seg, REVERSE, False,
+        )
+    else:
+        k = tl.program_id(2)
+        if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
+            if k == 0:
+                _fwd_route(
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                )
+            else:
+                _fwd_route(
+                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                )
+        else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
+            if k == 0:
+                _fwd_route(
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                )
+            elif k == 1:
+                _fwd_route(
+                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, True,
+                )
+            elif k == 2:
+                _fwd_route(
+                    2, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                )
+            else:
+                _fwd_route(
+                    3, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, True,
+                )
+
+
+@triton.jit
+def _bwd_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
     seg_e_ptr, seg_p_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an,
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    CARRY_FROM_LATER: tl.constexpr, CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    COLUMNS: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
 ):
     """Backward of one (batch row, channel tile, segment), tiles in reverse scan order.
@@ -258,7 +381,7 @@ def selective_scan_bwd_kernel(
             carry = tl.load(dlast_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0)
         # the carry comes from later positions: the segments that follow in scan order
         carry = _segment_entry(carry, seg_e_ptr, seg_p_ptr, b, seg, N_SEG, offs_d, offs_n, mask_dn, DIM, N,
-                               CARRY_FROM_LATER, SEG_MODE)
+                               not REVERSE, SEG_MODE)
     if HAS_D:
         d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -277,20 +400,21 @@ def selective_scan_bwd_kernel(
         offs_t = tile * BLOCK_T + cols
         mask_t = offs_t < seg_stop
         m2 = mask_d[:, None] & mask_t[None, :]
+        pos = _positions(offs_t, MAP_H, MAP_W, COLUMNS)
         # the forward tile whose entry checkpoint is this tile's entry state (the rightmost one when reversed)
         if REVERSE:
             ckpt_tile = tl.minimum(tile * CKPT_RATIO + CKPT_RATIO - 1, N_TILES - 1)
         else:
             ckpt_tile = tile * CKPT_RATIO
-        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
-        dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+        u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
+        dt_raw = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
         # dt one step later in scan order, for a_{t+1}; only its value at valid positions matters
         if REVERSE:
             offs_s = offs_t - 1
         else:
             offs_s = offs_t + 1
         m2s = mask_d[:, None] & ((offs_s >= 0) & (offs_s < L))[None, :]
-        dt_next = _load_tile(dt_ptr, b, offs_d, offs_s, s_tb, s_td, s_tt, m2s)
+        dt_next = _load_tile(dt_ptr, b, offs_d, _positions(offs_s, MAP_H, MAP_W, COLUMNS), s_tb, s_td, s_tt, m2s)
         if HAS_BIAS:
             dt_raw += bias[:, None]
             dt_next += bias[:, None]
@@ -301,9 +425,9 @@ def selective_scan_bwd_kernel(
             dt = dt_raw
         dt = tl.where(m2, dt, 0.0)
         dt_next = tl.where(m2s, dt_next, 0.0)
-        dy = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
+        dy = _load_tile(dout_ptr, b, offs_d, pos, s_gb, s_gd, s_gt, m2)
         if HAS_Z:
-            zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+            zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
             dy = dy * zv * tl.sigmoid(zv)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
@@ -314,7 +438,7 @@ def selective_scan_bwd_kernel(
             a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
             a = tl.exp2(dt * (a_nat * LOG2E)[:, None])
             a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
-            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, pos, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             g = dy * c_n
             g = tl.where(last_col, g + _column(carry, sel)[:, None], g)
             if REVERSE:  # dh runs against the scan order
@@ -323,7 +447,7 @@ def selective_scan_bwd_kernel(
                 _, dh = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
             carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)
             if not CARRY_ONLY:
-                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, pos, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
                 x = dtu * b_n
                 h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d, other=0.0)
                 _, h = tl.associative_scan((a, tl.where(first_col, x + a * h_in[:, None], x)), 1, _combine,
@@ -342,21 +466,21 @@ def selective_scan_bwd_kernel(
                     col_b = tl.sum(d_bn, axis=0)
                     # dB buffer: (batch, DB_ROWS, N, L) fp32, rows = groups (atomic) or channel tiles
                     if ATOMIC_BC:
-                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + offs_t, col_b, mask=mask_t)
+                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + pos, col_b, mask=mask_t)
                     else:
-                        tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + offs_t, col_b, mask=mask_t)
+                        tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + pos, col_b, mask=mask_t)
                 else:
                     dB_acc += tl.where(sel, tl.sum(d_bn, axis=1)[:, None], 0.0)
                 if C_VAR:
                     col_c = tl.sum(d_cn, axis=0)
                     if ATOMIC_BC:
-                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + offs_t, col_c, mask=mask_t)
+                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + pos, col_c, mask=mask_t)
                     else:
-                        tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + offs_t, col_c, mask=mask_t)
+                        tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + pos, col_c, mask=mask_t)
                 else:
                     dC_acc += tl.where(sel, tl.sum(d_cn, axis=1)[:, None], 0.0)
         if not CARRY_ONLY:
-            g_off = b * DIM * L + offs_d[:, None] * L + offs_t[None, :]  # gradient outputs are contiguous
+            g_off = b * DIM * L + offs_d[:, None] * L + pos[None, :]  # gradient outputs are contiguous
             if HAS_D:
                 du += dy * d_skip[:, None]
                 dD_acc += tl.sum(dy * u, axis=1)
@@ -364,19 +488,25 @@ def selective_scan_bwd_kernel(
             # dout, z and the raw dt are loaded again (L1/L2 hits) rather than kept live through the loop over
             # states: the backward is register-bound, and fewer live tiles means more resident warps.
             if HAS_Z:
-                dout = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
-                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
+                dout = _load_tile(dout_ptr, b, offs_d, pos, s_gb, s_gd, s_gt, m2)
+                zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
                 z_sig = tl.sigmoid(zv)
                 dz = dout * y * z_sig * (1.0 + zv * (1.0 - z_sig))
-                tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                if ATOMIC_DZ:  # z shared by several directions: their contributions add up (fp32 buffer)
+                    tl.atomic_add(dz_ptr + g_off, dz, mask=m2)
+                else:
+                    tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             if SOFTPLUS:
-                dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
+                dt_raw = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
                 if HAS_BIAS:
                     dt_raw += bias[:, None]
                 ddt = tl.where(dt_raw > 20.0, ddt, ddt * tl.sigmoid(dt_raw))
             ddt = tl.where(m2, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=1)
-            tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+            if ATOMIC_DU:  # u shared by the 2D routes
+                tl.atomic_add(du_ptr + g_off, du, mask=m2)
+            else:
+                tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
             tl.store(ddt_ptr + g_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
 
     part_off = (row_part * DIM + offs_d[:, None]) * N + offs_n[None, :]
@@ -396,3 +526,130 @@ def selective_scan_bwd_kernel(
             is_first = seg == 0
         if is_first:  # carry after the first step in scan order = a_0 * dh_0 = d(initial_state)
             tl.store(dh0_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_route(
+    k,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B, GROUP_C,
+    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
+    s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
+    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr, dir_u, dir_dt,
+    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
+    dir_dB, dir_dC, dir_row,
+    REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+):
+    """Direction k of a multi-direction launch: its tensors start k * dir_* elements after direction 0's."""
+    _bwd_program(
+        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
+        D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g, dlast_ptr + k * dir_state,
+        ckpt_ptr + k * dir_ckpt, seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, du_ptr + k * dir_du,
+        ddt_ptr + k * dir_ddt, dz_ptr + k * dir_dz, dA_ptr + k * dir_part, dB_ptr + k * dir_dB, dC_ptr + k * dir_dC,
+        dD_ptr + k * dir_row, dbias_ptr + k * dir_row, dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS,
+        DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd,
+        s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS,
+        HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE, CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS,
+        ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+    )
+
+
+@triton.jit
+def selective_scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B, GROUP_C,
+    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
+    s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
+    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
+    dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+    dir_dz, dir_part, dir_dB, dir_dC, dir_row,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Backward launch; same grid, directions and dir_* offsets as the forward."""
+    if DIRECTIONS == 1:
+        _bwd_route(
+            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr,
+            seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N,
+            GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut,
+            s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1,
+            s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY,
+            SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A,
+            dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
+            dir_dB, dir_dC, dir_row, REVERSE, False,
+        )
+    else:
+        k = tl.program_id(2)
+        if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
+            if k == 0:
+                _bwd_route(
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                )
+            else:
+                _bwd_route(
+                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                )
+        else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
+            if k == 0:
+                _bwd_route(
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                )
+            elif k == 1:
+                _bwd_route(
+                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
+                )
+            elif k == 2:
+                _bwd_route(
+                    2, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                )
+            else:
+                _bwd_route(
+                    3, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
+                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
+                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
+                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
+                )

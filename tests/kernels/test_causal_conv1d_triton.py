@@ -82,7 +82,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "W{}-L{}-bias{:d}-silu{:d}-rev{:d}-cl{:d}-h0{:d}-hn{:d}".format(*c))
+def _case_id(case):
+    return "W{}-L{}-bias{:d}-silu{:d}-rev{:d}-cl{:d}-h0{:d}-hn{:d}".format(*case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_float64_formula_and_reference(case):
     width, length, bias, silu, reverse, channel_last, h0, final = case
     act = SILU if silu else None
@@ -104,7 +108,7 @@ def test_matches_float64_formula_and_reference(case):
         for name, ours, exp in zip(("x", "weight", "bias", "initial_states"), mine, ref64):
             if ours is not None:
                 torch.testing.assert_close(ours.grad.double(), exp.grad, rtol=1e-5, atol=1e-5, msg=name)
-    (out_t, fin_t, tri), (out_r, fin_r, ref) = results["triton"], results["reference"]
+    (out_t, _, tri), (out_r, _, ref) = results["triton"], results["reference"]
     torch.testing.assert_close(out_t, out_r, rtol=1e-6, atol=1e-6)
     for ours, theirs in zip(tri, ref):
         if ours is not None:
@@ -133,6 +137,23 @@ def test_many_tiles_per_row(monkeypatch, channel_last, reverse):
     for name, ours, exp in zip(("x", "weight", "bias", "initial_states"), ins, ref64):
         if ours is not None:
             torch.testing.assert_close(ours.grad.double(), exp.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_strided_views_and_broadcast_gradient():
+    """x, weight and bias that are strided views (no unit stride on x at all) are read through their strides;
+    out.sum() hands backward a zero-stride gradient."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 10, 23, generator=g)[:, ::2, 1::2].requires_grad_()  # (2, 5, 11), strides (230, 46, 2)
+    w = torch.randn(5, 8, generator=g)[:, ::2].requires_grad_()  # (5, 4), strides (8, 2)
+    b = torch.randn(10, generator=g)[::2].requires_grad_()
+    out = causal_conv1d(x, w, b, SILU, backend="triton")
+    out.sum().backward()
+    ref64 = _detached([x, w, b], torch.float64)
+    exp, _ = _formula64(*ref64, SILU, False, None)
+    exp.sum().backward()
+    torch.testing.assert_close(out.double(), exp, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip((x, w, b), ref64):
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -217,14 +238,14 @@ def test_auto_is_the_reference_on_cpu(monkeypatch):
     assert torch.equal(causal_conv1d(x, w, b, SILU), causal_conv1d(x, w, b, SILU, backend="reference"))
 
 
-def test_custom_ops_pass_opcheck():
-    """Schema, fake (meta) implementations and autograd registration of the forward op; the outputs
-    never alias each other or an input."""
+@pytest.mark.parametrize("channel_last", [False, True])
+def test_custom_ops_pass_opcheck(channel_last):
+    """Schema, fake (meta) implementations with the real output layouts, autograd registration and AOT
+    dispatch of the ops; the outputs never alias each other or an input."""
     import mambasuite.kernels.triton.causal_conv1d as tri
 
-    x, w, b, s = _make(2, 4, 5, 3, channel_last=True, bias=True, h0=True)
-    torch.library.opcheck(tri._fwd_op, (x, w, b, s, True, False, True),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    x, w, b, s = _make(2, 4, 5, 3, channel_last=channel_last, bias=True, h0=True)
+    torch.library.opcheck(tri._fwd_op, (x, w, b, s, True, False, True))
     out, fin = tri._fwd_op(x, w, b, s, True, False, False)
     assert fin.numel() == 0 and fin.data_ptr() != out.data_ptr()
 

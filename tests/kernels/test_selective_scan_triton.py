@@ -72,7 +72,7 @@ def test_triton_matches_float64_loop(length, n, form, reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_segments_pass_state_exactly(monkeypatch, reverse):
     """A long sequence split into segments that run in parallel (state-passing passes) stays exact."""
-    monkeypatch.setattr(triton_scan, "FORCE_SEG_LEN", 64)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", 64)
     _compare(_inputs(2, 4, 200, 4, "variable", h0=True, seed=11), reverse=reverse)
 
 
@@ -82,7 +82,7 @@ def test_backward_tile_spanning_several_forward_tiles(monkeypatch, reverse, seg)
     channel tile / warps; with reverse scans the entry checkpoint is the rightmost forward tile's."""
     for key, value in dict(BLOCK_T=16, BLOCK_D=4, WARPS=1, BWD_BLOCK_T=32, BWD_BLOCK_D=2, BWD_WARPS=2).items():
         monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
-    monkeypatch.setattr(triton_scan, "FORCE_SEG_LEN", seg)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
     plan = triton_scan.plan_launch(2, 8, 150, 4, 1, torch.device(DEVICE))
     assert (plan.fwd.block_t, plan.bwd.block_t, plan.ckpt_ratio) == (16, 32, 2)
     assert (plan.fwd.block_d, plan.bwd.block_d) == (4, 2) and plan.n_tiles == 10
@@ -146,7 +146,7 @@ def test_custom_op_has_fake_impl_for_torch_compile():
         out, last, ckpt, _ = torch.ops.mambasuite.selective_scan_fwd(
             fake["u"], fake["delta"], fake["A"], fake["B"], fake["C"], fake["D"], fake["z"], fake["delta_bias"],
             None, True, False)
-    assert out.shape == (2, 8, 70) and last.shape == (2, 8, 4) and ckpt.shape[:2] == (2, 8)
+    assert out.shape == (2, 8, 70) and last.shape == (2, 8, 4) and ckpt.shape[:3] == (1, 2, 8)
 
 
 def test_without_optional_inputs():

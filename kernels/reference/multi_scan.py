@@ -1,0 +1,82 @@
+"""PyTorch references of the multi-direction scans: the bidirectional scan and VMamba's 2D cross-scan.
+
+Both are written as plain compositions of `selective_scan_ref`, with explicit index permutations for the 2D
+routes, so they check the fused kernels' direction handling independently of them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
+from .selective_scan import selective_scan_ref
+
+
+def combine_directions(y_f: torch.Tensor, y_b: torch.Tensor, combine: str) -> torch.Tensor:
+    """'add' y_f + y_b; 'mean' their average; 'mul' y_f * y_b; 'stack' (2, *y_f.shape)."""
+    if combine == "add":
+        return y_f + y_b
+    if combine == "mean":
+        return (y_f + y_b) * 0.5
+    if combine == "mul":
+        return y_f * y_b
+    return torch.stack([y_f, y_b])
+
+
+def bidirectional_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add",
+                           delta_softplus=False):
+    """A forward-in-time and a reverse-in-time selective scan, each with its own inputs, sharing z.
+
+    Args:
+        u, delta, A, B, C, D, delta_bias: pairs (forward, reverse) of `selective_scan` inputs (D and delta_bias
+            may be None for both): u, delta (batch, dim, L); A (dim, N); B, C (dim, N), (batch, N, L) or
+            (batch, G, N, L); D, delta_bias (dim,).
+        z: (batch, dim, L) gate shared by both directions (each output is gated before combining).
+        combine: "add" | "mean" | "mul" | "stack".
+    Returns:
+        (batch, dim, L) in u's dtype, or (2, batch, dim, L) for "stack".
+    """
+    pairs = {name: as_pair(name, value) for name, value in zip(PAIRED, (u, delta, A, B, C, D, delta_bias))}
+    check_bidirectional_args(pairs, z, combine, "reference")
+    ys = [selective_scan_ref(*(pairs[name][k] for name in ("u", "delta", "A", "B", "C", "D")), z=z,
+                             delta_bias=pairs["delta_bias"][k], delta_softplus=delta_softplus, reverse=k == 1)
+          for k in range(2)]
+    return combine_directions(ys[0], ys[1], combine)
+
+
+def route_order(height: int, width: int, route: int, device=None) -> torch.Tensor:
+    """Pixel index (row-major over H x W) of each step of a 2D route, in scan order.
+
+    Route 0: row-major; 1: column-major; 2: row-major reversed; 3: column-major reversed.
+    """
+    pixels = torch.arange(height * width, device=device)
+    order = pixels if route % 2 == 0 else pixels.view(height, width).t().reshape(-1)
+    return order.flip(0) if route >= 2 else order
+
+
+def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
+    """VMamba's four-route selective scan over a 2D map, merged by summing the routes per pixel.
+
+    Args:
+        x: (batch, dim, H, W) the map every route reads.
+        delta: (batch, 4, dim, H, W) or (batch, 4, dim, H*W) per-route steps, indexed by pixel (row-major).
+        A: (4, dim, N) fp32; B, C: (batch, 4, N, H, W) or (batch, 4, N, H*W) per-route, by pixel;
+        D, delta_bias: (4, dim) or None.
+    Returns:
+        (batch, dim, H, W) fp32: sum over routes of each route's output placed back at its pixels.
+    """
+    batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "reference")
+    flat = lambda t: t.flatten(-2) if t.dim() == 5 else t  # noqa: E731
+    u = x.reshape(batch, dim, height * width)
+    delta, B, C = flat(delta), flat(B), flat(C)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.zeros(batch, dim, height * width, dtype=acc, device=x.device)
+    for route in range(4):
+        # the reversed routes are the forward orders read backwards: scan the forward order in reverse mode
+        order = route_order(height, width, route % 2, x.device)
+        y = selective_scan_ref(u[..., order], delta[:, route][..., order], A[route], B[:, route][..., order],
+                               C[:, route][..., order], None if D is None else D[route],
+                               delta_bias=None if delta_bias is None else delta_bias[route],
+                               delta_softplus=delta_softplus, reverse=route >= 2)
+        out[..., order] += y.to(acc)
+    return out.view(batch, dim, height, width)

@@ -1,0 +1,228 @@
+"""Triton multi-direction scans on the shared scan core: the bidirectional scan and the 2D cross-scan.
+
+Both run every direction in one launch of the same kernels as the single scan (`scan_launch`):
+
+* `bidirectional_scan_triton`: direction 0 scans forward in time, direction 1 in reverse, each reading its own
+  tensors in place (no flipped copies); both outputs are gated by the shared z and written into one stacked
+  (2, batch, dim, L) buffer, which one elementwise op combines ("add", "mean", "mul"; "stack" returns it).
+* `cross_scan_2d_triton`: the four VMamba routes over a (batch, dim, H, W) map. The column routes read the map in
+  column-major order through their index map (no transposed copy), and every route adds its output into one
+  fp32 (batch, dim, H, W) map in its stores (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the
+  four routes to separate slots and sums them in a fixed order instead.
+
+Both are `torch.library.custom_op`s with fake implementations, with autograd attached.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
+from .scan_launch import ForwardState, ScanInputs, bc_view, launch_backward, launch_forward
+from .scan_plan import deterministic_mode, plan_launch
+
+
+def _plan(u, A, B, C, directions):
+    batch, dim, length = u.shape
+    return plan_launch(batch, dim, length, A.shape[1], max(bc_view(B)[2], bc_view(C)[2]), u.device, directions)
+
+
+def _state_shapes(u, A, plan, directions):
+    batch, dim, _ = u.shape
+    seg = (directions, batch, plan.n_seg, dim, A.shape[1]) if plan.n_seg > 1 else (0,)
+    return (directions, batch, dim, plan.n_tiles, A.shape[1]), seg
+
+
+def _combine(y2: torch.Tensor, combine: str) -> torch.Tensor:
+    if combine == "add":
+        return y2[0] + y2[1]
+    if combine == "mean":
+        return (y2[0] + y2[1]) * 0.5
+    return y2[0] * y2[1]
+
+
+# ------------------------------------------------------------------------------------------ bidirectional
+@torch.library.custom_op("mambasuite::bidirectional_scan_fwd", mutates_args=())
+def _bi_fwd_op(u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor, delta_b: torch.Tensor,
+               A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor, C_f: torch.Tensor,
+               C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None, bias_f: torch.Tensor | None,
+               bias_b: torch.Tensor | None, z: torch.Tensor | None, delta_softplus: bool, combine: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns out ((batch, dim, L), or (2, batch, dim, L) for "stack"), the stacked outputs kept for "mul"'s
+    backward (else empty), checkpoints (2, batch, dim, n_tiles, N) and segment products."""
+    plan = _plan(u_f, A_f, B_f, C_f, 2)
+    y2 = torch.empty((2, *u_f.shape), dtype=u_f.dtype, device=u_f.device)
+    dirs = [ScanInputs(u_f, delta_f, A_f, B_f, C_f, D_f, bias_f), ScanInputs(u_b, delta_b, A_b, B_b, C_b, D_b, bias_b)]
+    state = launch_forward(dirs, z, None, y2[0], u_f.numel(), plan=plan, softplus=delta_softplus)
+    if combine == "stack":
+        return y2, u_f.new_empty(0), state.ckpt, state.seg_p
+    return _combine(y2, combine), (y2 if combine == "mul" else u_f.new_empty(0)), state.ckpt, state.seg_p
+
+
+@_bi_fwd_op.register_fake
+def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f, bias_b, z, delta_softplus, combine):
+    plan = _plan(u_f, A_f, B_f, C_f, 2)
+    ckpt_shape, seg_shape = _state_shapes(u_f, A_f, plan, 2)
+    out_shape = (2, *u_f.shape) if combine == "stack" else u_f.shape
+    kept = (2, *u_f.shape) if combine == "mul" else (0,)
+    return (u_f.new_empty(out_shape), u_f.new_empty(kept), u_f.new_empty(ckpt_shape, dtype=torch.float32),
+            u_f.new_empty(seg_shape, dtype=torch.float32))
+
+
+@torch.library.custom_op("mambasuite::bidirectional_scan_bwd", mutates_args=())
+def _bi_bwd_op(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor,
+               delta_b: torch.Tensor, A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor,
+               C_f: torch.Tensor, C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None,
+               bias_f: torch.Tensor | None, bias_b: torch.Tensor | None, z: torch.Tensor | None,
+               ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool, combine: str, deterministic: bool
+               ) -> list[torch.Tensor]:
+    """Stacked gradients [du (2, ...), ddelta (2, ...), dA (2, dim, N), dB (2, *B.shape), dC, dD (2, dim),
+    dbias (2, dim), dz]; absent ones are empty."""
+    plan = _plan(u_f, A_f, B_f, C_f, 2)
+    if combine == "stack":  # one gradient per direction
+        grads, step = dout.contiguous(), u_f.numel()
+    elif combine == "mul":  # d(y_f * y_b): dout * y_b for the forward direction, dout * y_f for the reverse
+        grads, step = torch.stack([dout * y2[1], dout * y2[0]]), u_f.numel()
+    else:  # add / mean: both directions receive the same gradient
+        grads = (dout * 0.5 if combine == "mean" else dout).contiguous()
+        step = 0
+    dirs = [ScanInputs(u_f, delta_f, A_f, B_f, C_f, D_f, bias_f), ScanInputs(u_b, delta_b, A_b, B_b, C_b, D_b, bias_b)]
+    g = launch_backward(dirs, z, grads[0] if step else grads, step, None,
+                        ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan, softplus=delta_softplus,
+                        deterministic=deterministic)
+    empty = u_f.new_empty(0)
+    return [g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD if g.dD is not None else empty.clone(),
+            g.dbias if g.dbias is not None else empty.clone(),
+            g.dz.to(z.dtype) if z is not None else empty.clone()]
+
+
+@_bi_bwd_op.register_fake
+def _(dout, y2, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f, bias_b, z, ckpt, seg_p,
+      delta_softplus, combine, deterministic):
+    stacked = lambda t: t.new_empty((2, *t.shape)) if t is not None else u_f.new_empty(0)  # noqa: E731
+    return [stacked(u_f), stacked(delta_f), stacked(A_f), stacked(B_f), stacked(C_f), stacked(D_f),
+            stacked(bias_f), torch.empty_like(z) if z is not None else u_f.new_empty(0)]
+
+
+def _bi_setup(ctx, inputs, output):
+    *tensors, delta_softplus, combine = inputs
+    _, y2, ckpt, seg_p = output
+    ctx.save_for_backward(y2, *tensors, ckpt, seg_p)
+    ctx.flags = (delta_softplus, combine, deterministic_mode())
+
+
+def _bi_backward(ctx, dout, dy2, dckpt, dseg_p):
+    y2, *tensors, ckpt, seg_p = ctx.saved_tensors
+    delta_softplus, combine, deterministic = ctx.flags
+    du, ddelta, dA, dB, dC, dD, dbias, dz = _bi_bwd_op(dout, y2, *tensors, ckpt, seg_p, delta_softplus, combine,
+                                                       deterministic)
+    has_d, has_bias, has_z = tensors[10] is not None, tensors[12] is not None, tensors[14] is not None
+    pair = lambda t, keep: (t[0], t[1]) if keep else (None, None)  # noqa: E731
+    return (*pair(du, True), *pair(ddelta, True), *pair(dA, True), *pair(dB, True), *pair(dC, True),
+            *pair(dD, has_d), *pair(dbias, has_bias), dz if has_z else None, None, None)
+
+
+_bi_fwd_op.register_autograd(_bi_backward, setup_context=_bi_setup)
+
+
+def bidirectional_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add",
+                              delta_softplus=False):
+    """Both directions in one launch; same contract as `bidirectional_scan_ref` (pairs (forward, reverse))."""
+    pairs = {name: as_pair(name, value) for name, value in zip(PAIRED, (u, delta, A, B, C, D, delta_bias))}
+    check_bidirectional_args(pairs, z, combine, "triton")
+    if pairs["u"][0].dtype == torch.float64:
+        raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
+                        "use backend='reference' for float64")
+    flat = [pairs[name][k] for name in PAIRED for k in range(2)]
+    out, _, _, _ = _bi_fwd_op(*flat, z, bool(delta_softplus), combine)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- 2D routes
+@torch.library.custom_op("mambasuite::cross_scan_2d_fwd", mutates_args=())
+def _x2d_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
+                deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """u (batch, dim, H*W); delta (batch, 4, dim, H*W); A (4, dim, N); B, C (batch, 4, N, H*W); D, delta_bias
+    (4, dim). Returns the merged output (batch, dim, H*W) fp32, checkpoints and segment products."""
+    batch, dim, length = u.shape
+    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
+    dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
+                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
+    hw = (height, length // height)
+    if deterministic:  # one slot per route, summed in a fixed order
+        slots = torch.empty(4, batch, dim, length, dtype=torch.float32, device=u.device)
+        state = launch_forward(dirs, None, None, slots[0], slots[0].numel(), plan=plan, softplus=delta_softplus,
+                               map_hw=hw)
+        out = slots.sum(0)
+    else:
+        out = torch.zeros(batch, dim, length, dtype=torch.float32, device=u.device)
+        state = launch_forward(dirs, None, None, out, 0, plan=plan, softplus=delta_softplus, atomic_out=True,
+                               map_hw=hw)
+    return out, state.ckpt, state.seg_p
+
+
+@_x2d_fwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
+    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
+    ckpt_shape, seg_shape = _state_shapes(u, A[0], plan, 4)
+    return (u.new_empty(u.shape, dtype=torch.float32), u.new_empty(ckpt_shape, dtype=torch.float32),
+            u.new_empty(seg_shape, dtype=torch.float32))
+
+
+@torch.library.custom_op("mambasuite::cross_scan_2d_bwd", mutates_args=())
+def _x2d_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, ckpt: torch.Tensor,
+                seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool) -> list[torch.Tensor]:
+    """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
+    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty."""
+    length = u.shape[-1]
+    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
+    dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
+                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
+    g = launch_backward(dirs, None, dout.contiguous(), 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p),
+                        plan=plan, softplus=delta_softplus, deterministic=deterministic, shared_u=True,
+                        map_hw=(height, length // height))
+    empty = u.new_empty(0)
+    return [g.du.to(u.dtype), g.ddelta.transpose(0, 1).contiguous(), g.dA, g.dB.transpose(0, 1).contiguous(),
+            g.dC.transpose(0, 1).contiguous(), g.dD if g.dD is not None else empty.clone(),
+            g.dbias if g.dbias is not None else empty.clone()]
+
+
+@_x2d_bwd_op.register_fake
+def _(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplus, deterministic):
+    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), torch.empty_like(D) if D is not None else u.new_empty(0),
+            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0)]
+
+
+def _x2d_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic = inputs
+    _, ckpt, seg_p = output
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt, seg_p)
+    ctx.flags = (height, delta_softplus, deterministic)
+
+
+def _x2d_backward(ctx, dout, dckpt, dseg_p):
+    u, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
+    height, delta_softplus, deterministic = ctx.flags
+    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd_op(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
+                                                    delta_softplus, deterministic)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
+            None, None, None)
+
+
+_x2d_fwd_op.register_autograd(_x2d_backward, setup_context=_x2d_setup)
+
+
+def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
+    """Four routes in one launch, merged in the stores; same contract as `cross_scan_2d_ref`."""
+    batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "triton")
+    if x.dtype == torch.float64:
+        raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
+                        "use backend='reference' for float64")
+    flat = lambda t: t.flatten(-2) if t.dim() == 5 else t  # noqa: E731
+    u = x.reshape(batch, dim, height * width)
+    out, _, _ = _x2d_fwd_op(u, flat(delta), A, flat(B), flat(C), D, delta_bias, height, bool(delta_softplus),
+                            deterministic_mode())
+    return out.view(batch, dim, height, width)

@@ -1,0 +1,274 @@
+"""Host side of the scan core: one forward and one backward launcher for 1, 2 or 4 directions.
+
+Every op built on the scan kernels (the single scan, the bidirectional scan, the 2D cross-scan) goes through
+these two functions. A launch runs all directions at once: the grid's third axis is the direction, and each
+direction finds its tensors at a fixed element offset from direction 0's (`direction_step`), so separate
+tensors (the two branches of a bidirectional mixer) and slices of one stacked tensor (the four routes of a
+2D map) are both read in place, without stacking or flipping copies.
+
+Outputs that belong to one direction are allocated stacked, with a leading direction axis. Inputs the
+directions share (z; u of a 2D map) get gradients accumulated across directions: fp32 atomics, or, in
+deterministic mode with more than two directions, per-direction slots summed in a fixed order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
+from .scan_plan import LaunchPlan
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """One direction's inputs in the kernels' layout: u, delta (batch, dim, L); A (dim, N) fp32; B, C (dim, N),
+    (batch, N, L) or (batch, G, N, L); D, delta_bias (dim,) or None."""
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor | None
+    delta_bias: torch.Tensor | None
+
+
+def bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, int, int]]:
+    """(tensor, is_variable, groups, strides s0..s3) of B or C in the layout the kernels index."""
+    if t.dim() == 2:  # (dim, N): channel stride in s1, state stride in s2
+        return t, False, 1, (0, t.stride(0), t.stride(1), 0)
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    return t, True, t.shape[1], tuple(t.stride())
+
+
+def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0, 0)
+
+
+def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
+    """Elements from one direction's tensor to the next's (0 with one direction or a shared tensor).
+
+    The kernels address direction k's tensor as direction 0's pointer + k * step, so the tensors must have
+    one dtype, shape and strides, and (more than two directions) be evenly spaced in memory, as the slices
+    of a stacked tensor are.
+    """
+    first = tensors[0]
+    if len(tensors) == 1 or first is None:
+        if any(t is not None for t in tensors[1:]):
+            raise ValueError(f"{name}: given for some directions but not for direction 0")
+        return 0
+    for k, t in enumerate(tensors[1:], 1):
+        if t is None:
+            raise ValueError(f"{name}: given for direction 0 but not for direction {k}")
+        if t.dtype != first.dtype or t.shape != first.shape or t.stride() != first.stride() or t.device != first.device:
+            raise ValueError(f"{name}: every direction's tensor must have the same dtype, shape, strides and device; "
+                             f"direction 0 has {first.dtype} {tuple(first.shape)} strides {first.stride()}, "
+                             f"direction {k} has {t.dtype} {tuple(t.shape)} strides {t.stride()}")
+    size = first.element_size()
+    step = (tensors[1].data_ptr() - first.data_ptr()) // size
+    for k, t in enumerate(tensors[2:], 2):
+        if t.data_ptr() != first.data_ptr() + k * step * size:
+            raise ValueError(f"{name}: the {len(tensors)} directions' tensors must be evenly spaced in memory "
+                             "(slices of one stacked tensor)")
+    return step
+
+
+_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas"}
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch `kernel`, first checking every keyword against its parameters: Triton's CPU interpreter ignores
+    unknown keywords that compiled Triton rejects, so the check keeps CI honest about the GPU launch."""
+    unknown = set(kwargs) - set(kernel.arg_names) - _LAUNCH_OPTIONS
+    if unknown or len(args) + len(kwargs) - len(set(kwargs) & _LAUNCH_OPTIONS) != len(kernel.arg_names):
+        raise TypeError(f"{kernel.__name__}: launch arguments do not match its parameters (unknown keywords: "
+                        f"{sorted(unknown)}; {len(args)} positional + {len(kwargs)} keyword for "
+                        f"{len(kernel.arg_names)} parameters)")
+    kernel[grid](*args, **kwargs)
+
+
+def _input_steps(dirs: list[ScanInputs]) -> dict[str, int]:
+    names = dict(u="dir_u", delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
+    return {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    """What the forward keeps for the backward: ckpt (K, batch, dim, n_tiles, N) tile-entry states and seg_p
+    (K, batch, n_seg, dim, N) segment decay products (empty with one segment); last (K, batch, dim, N)."""
+
+    last: torch.Tensor
+    ckpt: torch.Tensor
+    seg_p: torch.Tensor
+
+
+def _flags(first: ScanInputs, z, softplus: bool, b_var: bool, c_var: bool) -> dict:
+    return dict(HAS_D=first.D is not None, HAS_Z=z is not None, HAS_BIAS=first.delta_bias is not None,
+                SOFTPLUS=softplus, B_VAR=b_var, C_VAR=c_var)
+
+
+def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Tensor | None, out: torch.Tensor,
+                   out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False,
+                   atomic_out: bool = False, map_hw: tuple[int, int] = (1, 1)) -> ForwardState:
+    """Run the forward scan of every direction in `dirs` (1, 2 or 4) in one launch (two with segments).
+
+    out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements (out_step 0
+    with atomic_out: every direction adds into one fp32 output). z (batch, dim, L) is shared. h0: (K, batch,
+    dim, N) fp32 contiguous or None. reverse applies to a single direction (K = 2 runs forward then reverse;
+    K = 4 runs rows, columns, rows reversed, columns reversed over a map of map_hw).
+    """
+    k_dirs = len(dirs)
+    first = dirs[0]
+    batch, dim, length = first.u.shape
+    d_state = first.A.shape[1]
+    Bv, b_var, b_groups, sb = bc_view(first.B)
+    Cv, c_var, c_groups, sc = bc_view(first.C)
+    dev = first.u.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    ckpt = torch.empty(k_dirs, batch, dim, plan.n_tiles, d_state, **f32)
+    last = torch.empty(k_dirs, batch, dim, d_state, **f32)
+    seg_shape = (k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,)
+    seg_h, seg_p = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
+    steps = _input_steps(dirs)
+    steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
+                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
+    tile = plan.fwd
+    grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
+    common = (
+        dim, length, d_state, dim // b_groups, dim // c_groups, plan.seg_len, plan.n_seg, tile.n_dtiles,
+        plan.n_tiles, map_hw[0], map_hw[1], *first.u.stride(), *first.delta.stride(), *_strides3(z), *out.stride(),
+        *first.A.stride(), *sb, *sc,
+    )
+    meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
+                BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, num_warps=tile.num_warps)
+    dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
+    ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
+            z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]
+    if plan.n_seg > 1:  # pass 1: each segment's end state from a zero start, and its decay product
+        _launch(selective_scan_fwd_kernel, grid, *ptrs, dummy, out, ckpt, last, seg_h, seg_p, *common,
+                HAS_H0=False, STATE_ONLY=True, SEG_MODE=0, **steps, **meta)
+    _launch(selective_scan_fwd_kernel, grid, *ptrs, h0 if h0 is not None else dummy, out, ckpt, last, seg_h, seg_p,
+            *common, HAS_H0=h0 is not None, STATE_ONLY=False, SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
+    return ForwardState(last=last, ckpt=ckpt, seg_p=seg_p)
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
+
+    du: (K, batch, dim, L), or (batch, dim, L) fp32 when u is shared (2D routes); ddelta (K, batch, dim, L);
+    dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32;
+    dz (batch, dim, L) (fp32 when several directions share z) or None.
+    """
+
+    du: torch.Tensor
+    ddelta: torch.Tensor
+    dA: torch.Tensor
+    dB: torch.Tensor
+    dC: torch.Tensor
+    dD: torch.Tensor | None
+    dbias: torch.Tensor | None
+    dh0: torch.Tensor
+    dz: torch.Tensor | None
+
+
+def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.Tensor, dout_step: int,
+                    dlast: torch.Tensor | None, state: ForwardState, *, plan: LaunchPlan, softplus: bool,
+                    deterministic: bool, reverse: bool = False, shared_u: bool = False,
+                    map_hw: tuple[int, int] = (1, 1)) -> Gradients:
+    """Backward of `launch_forward` for the same directions, in one launch (two with segments).
+
+    dout: direction 0's output gradient (batch, dim, L) with L contiguous; direction k's is at dout +
+    k * dout_step (0: all directions receive the same gradient). dlast: (K, batch, dim, N) fp32 contiguous or
+    None. shared_u: every direction reads the same u (2D routes), so du is their sum.
+    """
+    k_dirs = len(dirs)
+    first = dirs[0]
+    batch, dim, length = first.u.shape
+    d_state = first.A.shape[1]
+    Bv, b_var, b_groups, sb = bc_view(first.B)
+    Cv, c_var, c_groups, sc = bc_view(first.C)
+    dev = first.u.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    rows_len = batch * dim * length
+    # u shared by more than two directions: fp32 atomics unless deterministic (then per-direction slots).
+    # Two directions sharing z add into it atomically: a + b == b + a in fp32, so two addends are reproducible.
+    atomic_du = shared_u and not deterministic
+    if shared_u:
+        du = torch.zeros(batch, dim, length, **f32) if atomic_du else torch.empty(k_dirs, batch, dim, length, **f32)
+        du_step = 0 if atomic_du else rows_len
+    else:
+        du, du_step = torch.empty(k_dirs, batch, dim, length, dtype=first.u.dtype, device=dev), rows_len
+    ddelta = torch.empty(k_dirs, batch, dim, length, dtype=first.delta.dtype, device=dev)
+    if z is not None and k_dirs > 2:
+        raise ValueError("a z gate shared by more than two scan directions is not supported")
+    atomic_dz = z is not None and k_dirs == 2
+    if z is None:
+        dz = None
+    elif atomic_dz:
+        dz = torch.zeros(batch, dim, length, **f32)
+    else:
+        dz = torch.empty(batch, dim, length, dtype=z.dtype, device=dev)
+    parts = batch * plan.n_seg
+    dA_part = torch.empty(k_dirs, parts, dim, d_state, **f32)
+    dD_part = torch.empty(k_dirs, parts, dim, **f32)
+    dbias_part = torch.empty(k_dirs, parts, dim, **f32)
+    dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32)
+    atomic_bc = not deterministic
+
+    def bc_grad_buffer(var: bool, groups: int):
+        if not var:
+            return torch.empty(k_dirs, parts, dim, d_state, **f32), 0
+        rows = groups if atomic_bc else plan.bwd.n_dtiles
+        alloc = torch.zeros if atomic_bc else torch.empty
+        return alloc(k_dirs, batch, rows, d_state, length, **f32), rows
+
+    dB_buf, db_rows = bc_grad_buffer(b_var, b_groups)
+    dC_buf, dc_rows = bc_grad_buffer(c_var, c_groups)
+    seg_e = torch.empty((k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
+    steps = _input_steps(dirs)
+    steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt[0].numel(),
+                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=du_step, dir_ddt=rows_len, dir_dz=0,
+                 dir_part=dA_part[0].numel(), dir_dB=dB_buf[0].numel(), dir_dC=dC_buf[0].numel(),
+                 dir_row=dD_part[0].numel())
+    tile = plan.bwd
+    grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
+    common = (
+        dim, length, d_state, dim // b_groups, dim // c_groups, db_rows, dc_rows, plan.seg_len, plan.n_seg,
+        tile.n_dtiles, plan.n_tiles, map_hw[0], map_hw[1], *first.u.stride(), *first.delta.stride(), *_strides3(z),
+        *dout.stride(), *first.A.stride(), *sb, *sc,
+    )
+    meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
+                ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
+                N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
+                num_warps=tile.num_warps)
+    dummy = ddelta
+    ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
+            z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy, dout]
+    outs = [du, ddelta, dz if dz is not None else dummy, dA_part, dB_buf, dC_buf, dD_part, dbias_part, dh0]
+    if plan.n_seg > 1:  # pass 1: each segment's dh carry from a zero carry
+        _launch(selective_scan_bwd_kernel, grid, *ptrs, dummy, state.ckpt, seg_e, state.seg_p, *outs, *common,
+                HAS_DLAST=False, CARRY_ONLY=True, SEG_MODE=0, **steps, **meta)
+    _launch(selective_scan_bwd_kernel, grid, *ptrs, dlast if dlast is not None else dummy, state.ckpt, seg_e,
+            state.seg_p, *outs, *common, HAS_DLAST=dlast is not None, CARRY_ONLY=False,
+            SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
+
+    def finish_bc(buf, var, groups, like):
+        if not var:
+            return buf.sum(1).to(like.dtype)
+        if not atomic_bc:  # fixed-order sum of the channel-tile partials of each group
+            buf = buf.view(k_dirs, batch, groups, plan.bwd.n_dtiles // groups, d_state, length).sum(3)
+        return buf.view(k_dirs, *like.shape).to(like.dtype)
+
+    if shared_u and not atomic_du:
+        du = du.sum(0)  # fixed order over the directions
+    return Gradients(
+        du=du, ddelta=ddelta, dA=dA_part.sum(1).to(first.A.dtype),
+        dB=finish_bc(dB_buf, b_var, b_groups, first.B), dC=finish_bc(dC_buf, c_var, c_groups, first.C),
+        dD=dD_part.sum(1).to(first.D.dtype) if first.D is not None else None,
+        dbias=dbias_part.sum(1).to(first.delta_bias.dtype) if first.delta_bias is not None else None,
+        dh0=dh0, dz=dz,
+    )

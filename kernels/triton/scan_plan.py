@@ -1,0 +1,128 @@
+"""Launch plan of the selective-scan kernels: tiles, segments and warps for a call's shapes.
+
+Kept apart from the launchers so that every op built on the scan core (single, bidirectional, 2D) plans the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Tile shapes (time steps, channels, warps), forward and backward separately, from the H200 sweeps of 2026-11-29
+# (BENCHMARKS.md). One-warp programs make the forward fastest (no cross-warp barriers in the scans and
+# reductions); the backward keeps more live tiles and wants fewer elements per thread. A backward tile is a
+# whole number of forward tiles, because it starts from the forward's tile-entry checkpoints.
+TILE_PLANS = (
+    # (max L, max rows or None, forward (T, D, W), backward (T, D, W))
+    (256, None, (128, 4, 1), (128, 4, 1)),          # short sequences (Vim at 224 px: L = 197)
+    (16384, 8192, (1024, 1, 1), (1024, 2, 4)),      # mid lengths with few rows
+    (None, None, (1024, 1, 1), (1024, 2, 4)),       # long sequences (segments give the parallelism)
+)
+
+
+def deterministic_mode() -> bool:
+    """True when backward must be bitwise reproducible (torch flag or MAMBASUITE_DETERMINISTIC=1)."""
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get("MAMBASUITE_DETERMINISTIC") == "1"
+
+
+@dataclass(frozen=True)
+class KernelTile:
+    """One kernel's program shape: block_d channels x block_t steps, num_warps warps, n_dtiles channel tiles."""
+
+    block_t: int
+    block_d: int
+    num_warps: int
+    n_dtiles: int
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How one call is cut into programs.
+
+    fwd / bwd: the two kernels' tiles (bwd.block_t = ckpt_ratio x fwd.block_t). n_tiles: forward tiles
+    per row (= checkpoints per row). Segments of seg_len steps (a multiple of bwd.block_t) run in parallel.
+    """
+
+    fwd: KernelTile
+    bwd: KernelTile
+    ckpt_ratio: int
+    n_tiles: int
+    seg_len: int
+    n_seg: int
+    n_pad: int
+
+
+def _default_tiles(rows: int, length: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    for max_len, max_rows, fwd, bwd in TILE_PLANS:
+        if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
+            return fwd, bwd
+    raise AssertionError("TILE_PLANS must end with a catch-all row")
+
+
+def _largest_pow2_divisor(n: int, cap: int) -> int:
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # interpreter: segments only when a test forces them
+
+
+# Tests force small segments through this hook; None = choose from the device's size.
+FORCE_SEG_LEN: int | None = None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _env_tile(prefix: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    env = os.environ.get
+    keys = ("BLOCK_T", "BLOCK_D", "WARPS")
+    return tuple(int(env(f"{prefix}{k}", 0)) or d for k, d in zip(keys, default))
+
+
+def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device,
+                directions: int = 1) -> LaunchPlan:
+    """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
+
+    Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS set the
+    forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set);
+    `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
+    2D routes: 4), so fewer segments are needed to fill the GPU.
+    """
+    fwd_default, bwd_default = _default_tiles(batch * dim, length)
+    env_fwd = any(os.environ.get(f"MAMBASUITE_SCAN_{k}") for k in ("BLOCK_T", "BLOCK_D", "WARPS"))
+    fwd_t, fwd_d, fwd_w = _env_tile("MAMBASUITE_SCAN_", fwd_default)
+    bwd_t, bwd_d, bwd_w = _env_tile("MAMBASUITE_SCAN_BWD_", (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
+    cap = max(16, _next_pow2(length))
+    if FORCE_SEG_LEN is not None:  # tests: segments shorter than a tile need shorter tiles
+        cap = min(cap, _next_pow2(FORCE_SEG_LEN))
+    fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
+    if bwd_t % fwd_t:
+        raise ValueError(f"selective scan tiles: the backward's {bwd_t} steps must be a multiple of the "
+                         f"forward's {fwd_t}")
+    if groups > 1:  # a tile must not straddle two groups of B/C
+        fwd_d = _largest_pow2_divisor(dim // groups, fwd_d)
+        bwd_d = _largest_pow2_divisor(dim // groups, bwd_d)
+    n_tiles = -(-length // fwd_t)
+    bwd_tiles = -(-length // bwd_t)
+    if FORCE_SEG_LEN is not None:
+        seg_tiles = max(1, FORCE_SEG_LEN // bwd_t)
+    else:
+        # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
+        rows = batch * -(-dim // bwd_d) * directions
+        wanted = max(1, -(-_target_programs(device) // rows))
+        seg_tiles = max(-(-4096 // bwd_t), -(-bwd_tiles // wanted))
+    seg_tiles = min(seg_tiles, bwd_tiles)
+    n_seg = -(-bwd_tiles // seg_tiles)
+    return LaunchPlan(
+        fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d)), bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d)),
+        ckpt_ratio=bwd_t // fwd_t, n_tiles=n_tiles, seg_len=seg_tiles * bwd_t, n_seg=n_seg,
+        n_pad=max(2, _next_pow2(d_state)))

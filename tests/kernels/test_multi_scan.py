@@ -1,0 +1,235 @@
+"""Bidirectional and 2D cross-scan ops: Triton (one launch, interpreter on CPU) against float64 references.
+
+The references themselves are checked against independent formulations: the bidirectional one against the
+float64 loop oracle on flipped copies (what Vim/Caduceus compute), the 2D one against VMamba's cross-scan
+written with transposes and flips.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import mambasuite.kernels.triton.scan_plan as scan_plan  # noqa: E402
+from mambasuite.kernels import bidirectional_scan, cross_scan_2d  # noqa: E402
+from mambasuite.kernels.reference.multi_scan import route_order  # noqa: E402
+from scan_oracle import selective_scan_loop  # noqa: E402
+
+F64 = torch.float64
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 6e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}
+
+
+def _direction(batch, dim, length, n, g, *, form="variable", groups=1, dtype=torch.float32):
+    def rnd(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    bc = {"variable": (batch, n, length), "grouped": (batch, groups, n, length), "invariant": (dim, n)}[form]
+    bc_dt = torch.float32 if form == "invariant" else dtype
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5),
+                A=(-torch.rand(dim, n, generator=g) - 0.1).to(DEVICE), B=rnd(*bc, dt=bc_dt), C=rnd(*bc, dt=bc_dt),
+                D=rnd(dim, dt=torch.float32), delta_bias=rnd(dim, dt=torch.float32, scale=0.5))
+
+
+def _err(a, b):
+    return ((a.to(F64) - b.to(F64)).abs().max() / b.to(F64).abs().max().clamp_min(1e-12)).item()
+
+
+def _run_bidirectional(fwd, rev, z, combine, backend, cast=None):
+    leaves = {k: (fwd[k].detach().clone(), rev[k].detach().clone()) for k in fwd}
+    if cast is not None:
+        leaves = {k: tuple(t.to(cast) for t in v) for k, v in leaves.items()}
+    for pair in leaves.values():
+        for t in pair:
+            t.requires_grad_()
+    zz = z.detach().clone().to(cast or z.dtype).requires_grad_()
+    out = bidirectional_scan(**leaves, z=zz, combine=combine, delta_softplus=True, backend=backend)
+    return out, leaves, zz
+
+
+@pytest.mark.parametrize("combine,form,length", [
+    ("add", "variable", 37), ("mean", "grouped", 70), ("mul", "variable", 1), ("stack", "invariant", 19),
+])
+def test_bidirectional_triton_matches_float64_reference(combine, form, length):
+    g = torch.Generator().manual_seed(length)
+    fwd = _direction(2, 8, length, 4, g, form=form, groups=2)
+    rev = _direction(2, 8, length, 4, g, form=form, groups=2)
+    z = torch.randn(2, 8, length, generator=g).to(DEVICE)
+    out, leaves, zz = _run_bidirectional(fwd, rev, z, combine, "triton")
+    ref, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, combine, "reference", cast=F64)
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (ref * w).sum().backward()
+    errors = {"out": _err(out, ref), "dz": _err(zz.grad, ref_z.grad)}
+    for k in leaves:
+        for d in range(2):
+            errors[f"d{k}[{d}]"] = _err(leaves[k][d].grad, ref_leaves[k][d].grad)
+    bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
+    assert not bad, bad
+
+
+def test_bidirectional_reference_equals_flipped_copies():
+    """The reverse direction = the float64 loop oracle on flipped copies, flipped back (Vim's formulation)."""
+    g = torch.Generator().manual_seed(1)
+    fwd = {k: v.to(F64) for k, v in _direction(2, 6, 23, 3, g).items()}
+    rev = {k: v.to(F64) for k, v in _direction(2, 6, 23, 3, g).items()}
+    z = torch.randn(2, 6, 23, generator=g, dtype=F64).to(DEVICE)
+    pairs = {k: (fwd[k], rev[k]) for k in fwd}
+    got = bidirectional_scan(**pairs, z=z, combine="stack", delta_softplus=True, backend="reference")
+    y_f = selective_scan_loop(**fwd, z=z, delta_softplus=True)
+    flip = lambda t: t.flip(-1) if t.dim() == 3 else t  # noqa: E731
+    y_b = selective_scan_loop(**{k: flip(v) for k, v in rev.items()}, z=z.flip(-1), delta_softplus=True).flip(-1)
+    assert _err(got[0], y_f) < 1e-12 and _err(got[1], y_b) < 1e-12
+
+
+def test_bidirectional_segments_and_bf16(monkeypatch):
+    monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", 64)
+    g = torch.Generator().manual_seed(3)
+    fwd = _direction(2, 4, 150, 4, g, dtype=torch.bfloat16)
+    rev = _direction(2, 4, 150, 4, g, dtype=torch.bfloat16)
+    z = torch.randn(2, 4, 150, generator=g).to(torch.bfloat16).to(DEVICE)
+    out, leaves, zz = _run_bidirectional(fwd, rev, z, "mean", "triton")
+    ref, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "mean", "reference", cast=F64)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    ref.sum().backward()
+    assert _err(out, ref) < TOL[torch.bfloat16]
+    assert _err(zz.grad, ref_z.grad) < TOL[torch.bfloat16]
+    assert _err(leaves["u"][1].grad, ref_leaves["u"][1].grad) < TOL[torch.bfloat16]
+
+
+def test_bidirectional_deterministic_mode_is_bitwise_reproducible(monkeypatch):
+    monkeypatch.setenv("MAMBASUITE_DETERMINISTIC", "1")
+    g = torch.Generator().manual_seed(4)
+    fwd, rev = _direction(2, 8, 40, 4, g, form="grouped", groups=2), _direction(2, 8, 40, 4, g, form="grouped", groups=2)
+    z = torch.randn(2, 8, 40, generator=g).to(DEVICE)
+    grads = []
+    for _ in range(2):
+        out, leaves, zz = _run_bidirectional(fwd, rev, z, "add", "triton")
+        out.sum().backward()
+        grads.append([zz.grad] + [t.grad for pair in leaves.values() for t in pair])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_bidirectional_bad_inputs_name_the_direction():
+    g = torch.Generator().manual_seed(5)
+    fwd, rev = _direction(1, 4, 9, 2, g), _direction(1, 4, 9, 2, g)
+    pairs = {k: (fwd[k], rev[k]) for k in fwd}
+    with pytest.raises(ValueError, match="combine must be one of"):
+        bidirectional_scan(**pairs, combine="max")
+    bad = dict(pairs, delta=(fwd["delta"], rev["delta"][..., :5]))
+    with pytest.raises(ValueError, match="reverse direction: delta must have u's shape"):
+        bidirectional_scan(**bad)
+    with pytest.raises(TypeError, match="must be a pair"):
+        bidirectional_scan(**dict(pairs, u=fwd["u"]))
+    with pytest.raises(ValueError, match="D must be given for both directions or for neither"):
+        bidirectional_scan(**dict(pairs, D=(fwd["D"], None)))
+
+
+# ------------------------------------------------------------------------------------------------------ 2D
+def _map_inputs(batch, dim, height, width, n, g, dtype=torch.float32):
+    hw = height * width
+
+    def rnd(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    return dict(x=rnd(batch, dim, height, width), delta=rnd(batch, 4, dim, height, width, scale=0.5),
+                A=(-torch.rand(4, dim, n, generator=g) - 0.1).to(DEVICE), B=rnd(batch, 4, n, hw), C=rnd(batch, 4, n, hw),
+                D=rnd(4, dim, dt=torch.float32), delta_bias=rnd(4, dim, dt=torch.float32, scale=0.5))
+
+
+def _vmamba_style(x, delta, A, B, C, D, delta_bias):
+    """VMamba's cross-scan written with transposes and flips, scanned by the float64 loop oracle, merged."""
+    batch, dim, height, width = x.shape
+    to_cols = lambda t: t.unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)  # noqa: E731
+    from_cols = lambda t: t.unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)  # noqa: E731
+    u, delta = x.flatten(-2), delta.flatten(-2)
+    out = 0
+    for k in range(4):
+        tr = (lambda t: t) if k % 2 == 0 else to_cols
+        fl = (lambda t: t.flip(-1)) if k >= 2 else (lambda t: t)
+        y = selective_scan_loop(fl(tr(u)), fl(tr(delta[:, k])), A[k], fl(tr(B[:, k])), fl(tr(C[:, k])), D[k],
+                                delta_bias=delta_bias[k], delta_softplus=True)
+        y = fl(y)
+        out = out + (y if k % 2 == 0 else from_cols(y))
+    return out.view(batch, dim, height, width)
+
+
+def test_route_order_is_row_and_column_major():
+    assert route_order(2, 3, 1).tolist() == [0, 3, 1, 4, 2, 5]
+    assert route_order(2, 3, 2).tolist() == [5, 4, 3, 2, 1, 0]
+
+
+def test_cross_scan_reference_equals_vmamba_transposes_and_flips():
+    g = torch.Generator().manual_seed(6)
+    ins = {k: v.to(F64) for k, v in _map_inputs(2, 5, 3, 4, 3, g).items()}
+    got = cross_scan_2d(**ins, delta_softplus=True, backend="reference")
+    assert got.dtype == F64 and got.shape == (2, 5, 3, 4)
+    assert _err(got, _vmamba_style(**ins)) < 1e-12
+
+
+@pytest.mark.parametrize("height,width,n,seg", [(5, 7, 1, None), (6, 4, 16, None), (9, 11, 4, 32)])
+def test_cross_scan_triton_matches_float64_reference(monkeypatch, height, width, n, seg):
+    monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", seg)
+    g = torch.Generator().manual_seed(height * width)
+    ins = _map_inputs(2, 8, height, width, n, g)
+    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
+    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
+    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    assert out.dtype == torch.float32 and out.shape == (2, 8, height, width)
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (expected * w).sum().backward()
+    errors = {"out": _err(out, expected), **{f"d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}}
+    bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
+    assert not bad, bad
+
+
+def test_cross_scan_bf16_map():
+    g = torch.Generator().manual_seed(8)
+    ins = _map_inputs(1, 8, 6, 5, 4, g, dtype=torch.bfloat16)
+    out = cross_scan_2d(**ins, delta_softplus=True, backend="triton")
+    expected = cross_scan_2d(**{k: v.to(F64) for k, v in ins.items()}, delta_softplus=True, backend="reference")
+    assert _err(out, expected) < TOL[torch.bfloat16]
+
+
+def test_cross_scan_deterministic_mode_is_bitwise_reproducible(monkeypatch):
+    monkeypatch.setenv("MAMBASUITE_DETERMINISTIC", "1")
+    g = torch.Generator().manual_seed(9)
+    ins = _map_inputs(2, 8, 5, 6, 4, g)
+    runs = []
+    for _ in range(2):
+        leaves = {k: v.clone().requires_grad_() for k, v in ins.items()}
+        out = cross_scan_2d(**leaves, delta_softplus=True, backend="triton")
+        out.sum().backward()
+        runs.append([out.detach()] + [leaves[k].grad for k in sorted(leaves)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_cross_scan_bad_inputs_are_named():
+    g = torch.Generator().manual_seed(10)
+    ins = _map_inputs(1, 4, 3, 3, 2, g)
+    with pytest.raises(ValueError, match="x must be a"):
+        cross_scan_2d(**dict(ins, x=ins["x"].flatten(-2)))
+    with pytest.raises(ValueError, match=r"A must have shape \(4, dim, N\)"):
+        cross_scan_2d(**dict(ins, A=ins["A"][:2]))
+    with pytest.raises(ValueError, match="delta must have shape"):
+        cross_scan_2d(**dict(ins, delta=ins["delta"][:, :3]))
+    with pytest.raises(ValueError, match=r"D must have shape \(4, dim\)"):
+        cross_scan_2d(**dict(ins, D=ins["D"][0]))
+    with pytest.raises(TypeError, match="route 0: delta must have u's dtype"):
+        cross_scan_2d(**dict(ins, delta=ins["delta"].double()))
+
+
+def test_launcher_rejects_arguments_the_compiled_kernel_would_reject():
+    """The interpreter ignores unknown launch keywords; compiled Triton raises. The launcher checks first."""
+    from mambasuite.kernels.triton.scan_kernels import selective_scan_fwd_kernel
+    from mambasuite.kernels.triton.scan_launch import _launch
+
+    with pytest.raises(TypeError, match=r"unknown keywords: \['CARRY_FROM_LATER'\]"):
+        _launch(selective_scan_fwd_kernel, (1,), CARRY_FROM_LATER=True)
+    with pytest.raises(TypeError, match="positional"):
+        _launch(selective_scan_fwd_kernel, (1,), 1, 2, 3)
