@@ -411,6 +411,10 @@ class SS2D(nn.Module):
         d_conv: odd kernel size of the depthwise conv; 1 disables the conv (VMamba's d_conv <= 1 rule).
         conv_bias: bias of the conv (False in v2, True in v0); gate: z branch (False = "_noz").
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
+        fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, no stacked copies of the map:
+            1.45x less scan memory on the H200) instead of two grouped scans over stacked route pairs. Off by
+            default: on the H200 the fused op was 2.2-2.6x slower than the stacked pipeline at VMamba-T shapes
+            (BENCHMARKS.md, 2026-11-29), because its column routes read the map with a stride of W.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.
 
@@ -424,10 +428,11 @@ class SS2D(nn.Module):
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank: int | str = "auto",
                  d_conv: int = 3, *, conv_bias: bool = False, gate: bool = False, bias: bool = False,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
-                 dt_init_floor: float = 1e-4, backend: str = "auto") -> None:
+                 dt_init_floor: float = 1e-4, backend: str = "auto", fused_scan: bool = False) -> None:
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.d_state = check_positive_int("d_state", d_state)
+        self.fused_scan = bool(fused_scan)
         if isinstance(ssm_ratio, bool) or not isinstance(ssm_ratio, (int, float)) or not ssm_ratio > 0:
             raise ValueError(f"ssm_ratio must be a positive number, got {ssm_ratio!r}")
         self.d_inner = int(ssm_ratio * d_model)
@@ -470,8 +475,8 @@ class SS2D(nn.Module):
         if self.conv2d is not None:
             x = self.conv2d(x)
         x = F.silu(x)
-        # (b, d_inner, h, w); one fused 2D scan, or per-route-pair calls when analytics need the last states
-        y = self._cross_scan_merge(x) if self.capture is None else self._cross_scan_merge_captured(x)
+        # (b, d_inner, h, w): one fused 2D scan, or per-route-pair calls (also when analytics need the last states)
+        y = self._cross_scan_merge(x) if self.fused_scan and self.capture is None else self._cross_scan_merge_pairs(x)
         y = self.out_norm(rearrange(y, "b d h w -> b h w d"))
         if z is not None:
             y = y * F.silu(z)
@@ -495,9 +500,9 @@ class SS2D(nn.Module):
                           _at_least_fp32(self.dt_projs_bias), delta_softplus=True, backend=self.backend)
         return y.to(x.dtype)
 
-    def _cross_scan_merge_captured(self, x: torch.Tensor) -> torch.Tensor:
-        """`_cross_scan_merge` through two grouped `selective_scan` calls (route pairs), which return the last
-        states that `capture` hands to the analytics."""
+    def _cross_scan_merge_pairs(self, x: torch.Tensor) -> torch.Tensor:
+        """`_cross_scan_merge` through two grouped `selective_scan` calls over stacked route pairs (VMamba's
+        layout); they also return the last states that `capture` hands to the analytics."""
         batch, e, height, width = x.shape
         n, r, length = self.d_state, self.dt_rank, height * width
         # Routes 0 and 1 (and their reversals 2 and 3) read the same two sequences.

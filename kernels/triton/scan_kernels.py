@@ -34,6 +34,12 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # globals used in @jit code must be constexpr
 
+# Per-direction element offsets of the multi-direction launches (see selective_scan_fwd_kernel).
+FWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_state", "dir_out",
+                         "dir_ckpt", "dir_seg"]
+BWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_g", "dir_state",
+                         "dir_ckpt", "dir_seg", "dir_du", "dir_ddt", "dir_dz", "dir_part", "dir_dB", "dir_dC", "dir_row"]
+
 
 @triton.jit
 def _combine(a_prev, h_prev, a_next, h_next):
@@ -242,7 +248,9 @@ def _fwd_route(
     )
 
 
-@triton.jit
+# The dir_* offsets are distances between separate tensors (bidirectional) and change with every allocation:
+# specialising on their divisibility would compile a new kernel whenever it changes, so they are not specialised.
+@triton.jit(do_not_specialize=FWD_DIRECTION_OFFSETS)
 def selective_scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
     seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb,
@@ -557,7 +565,9 @@ def _bwd_route(
     )
 
 
-@triton.jit
+# The dir_* offsets are distances between separate tensors (bidirectional) and change with every allocation:
+# specialising on their divisibility would compile a new kernel whenever it changes, so they are not specialised.
+@triton.jit(do_not_specialize=BWD_DIRECTION_OFFSETS)
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B, GROUP_C,

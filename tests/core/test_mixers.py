@@ -510,9 +510,10 @@ def test_bimamba_triton_backend_matches_reference(combine):
         torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_ss2d_triton_backend_matches_reference():
+@pytest.mark.parametrize("fused_scan", [False, True])
+def test_ss2d_triton_backend_matches_reference(fused_scan):
     pytest.importorskip("triton")
-    ref, ours = _same_module_twice(SS2D, 16, d_state=4)
+    ref, ours = _same_module_twice(SS2D, 16, d_state=4, fused_scan=fused_scan)
     x = torch.randn(2, 3, 5, 16)
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_ours = ref(x_ref), ours(x_ours)
@@ -524,11 +525,14 @@ def test_ss2d_triton_backend_matches_reference():
         torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_ss2d_fused_and_captured_paths_agree():
-    """The fused 2D scan and the per-route-pair path that analytics use compute the same mixer."""
+def test_ss2d_fused_and_route_pair_paths_agree():
+    """The fused 2D scan and the stacked route-pair path (the default, and the analytics path) are one mixer."""
     torch.manual_seed(1)
-    m = SS2D(16, d_state=4)
-    x = torch.randn(2, 4, 3, 16)
+    m = SS2D(16, d_state=4, fused_scan=True)
+    x = torch.randn(2, 4, 3, 16, dtype=F64)
+    m = m.double()
     fused = m(x)
-    m.capture = lambda *args, **kwargs: None
-    torch.testing.assert_close(m(x), fused, rtol=1e-5, atol=1e-6)
+    m.fused_scan = False
+    torch.testing.assert_close(m(x), fused, rtol=0, atol=1e-12)
+    m.fused_scan, m.capture = True, lambda *args, **kwargs: None  # analytics always take the route-pair path
+    torch.testing.assert_close(m(x), fused, rtol=0, atol=1e-12)

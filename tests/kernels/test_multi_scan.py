@@ -34,7 +34,9 @@ def _direction(batch, dim, length, n, g, *, form="variable", groups=1, dtype=tor
 
 
 def _err(a, b):
-    return ((a.to(F64) - b.to(F64)).abs().max() / b.to(F64).abs().max().clamp_min(1e-12)).item()
+    """Max error relative to the reference's scale, floored at 1e-2 (an exactly-zero float64 gradient, such as dA
+    at L = 1, is fp32 rounding noise on the GPU)."""
+    return ((a.to(F64) - b.to(F64)).abs().max() / b.to(F64).abs().max().clamp_min(1e-2)).item()
 
 
 def _run_bidirectional(fwd, rev, z, combine, backend, cast=None):

@@ -50,7 +50,9 @@ def _compare(inp, *, reverse=False, dtype=torch.float32, with_dlast=True):
     tol = TOL[dtype]
 
     def err(a, b):
-        return ((a.to(F64) - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+        # Relative to the tensor's scale, floored at 1e-2: a gradient that is exactly zero in float64 (dA at L = 1
+        # without an initial state) comes out of fp32 FMA arithmetic on the GPU as rounding noise (~1e-7).
+        return ((a.to(F64) - b).abs().max() / b.abs().max().clamp_min(1e-2)).item()
 
     errors = {"out": err(out, ref_out), "last_state": err(last, ref_last)}
     errors.update({f"d{k}": err(ours[k].grad, ref[k].grad) for k in names})
