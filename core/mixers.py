@@ -413,7 +413,7 @@ class SS2D(nn.Module):
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
         fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, no stacked copies of the map:
             1.45x less scan memory on the H200) instead of two grouped scans over stacked route pairs. Off by
-            default: on the H200 the fused op was 2.2-2.6x slower than the stacked pipeline at VMamba-T shapes
+            default: on the H200 the fused op was 2-2.8x slower than the stacked pipeline at VMamba-T shapes
             (BENCHMARKS.md, 2026-11-29), because its column routes read the map with a stride of W.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.

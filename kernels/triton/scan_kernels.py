@@ -249,7 +249,8 @@ def _fwd_route(
 
 
 # The dir_* offsets are distances between separate tensors (bidirectional) and change with every allocation:
-# specialising on their divisibility would compile a new kernel whenever it changes, so they are not specialised.
+# specialising on their divisibility, or typing them i32/i64 by value, would compile a new kernel whenever they
+# change, so they are typed int64 and not specialised.
 @triton.jit(do_not_specialize=FWD_DIRECTION_OFFSETS)
 def selective_scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
@@ -258,7 +259,8 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
-    dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+    dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64,
+    dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
@@ -566,7 +568,8 @@ def _bwd_route(
 
 
 # The dir_* offsets are distances between separate tensors (bidirectional) and change with every allocation:
-# specialising on their divisibility would compile a new kernel whenever it changes, so they are not specialised.
+# specialising on their divisibility, or typing them i32/i64 by value, would compile a new kernel whenever they
+# change, so they are typed int64 and not specialised.
 @triton.jit(do_not_specialize=BWD_DIRECTION_OFFSETS)
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
@@ -577,8 +580,10 @@ def selective_scan_bwd_kernel(
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
-    dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-    dir_dz, dir_part, dir_dB, dir_dC, dir_row,
+    dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64,
+    dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
+    dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
+    dir_row: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Backward launch; same grid, directions and dir_* offsets as the forward."""
