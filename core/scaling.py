@@ -66,17 +66,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn, device: torch.device, warmup: int, repeats: int, target_s: float) -> float:
-    """Median time of `fn` in ms after warm-up.
+def compiled_kernel_variants() -> int:
+    """Compiled variants of the package's Triton kernels so far (0 without Triton or under its interpreter)."""
+    try:
+        from ..kernels.triton.compile_stats import compiled_variants
+    except ImportError:
+        return 0
+    return compiled_variants()
 
-    The first call is a warm-up whose time sizes the rest: further warm-ups only when a call is short (< 0.2 s),
-    and as many timed repeats as fit in `target_s` (at least 2, at most `repeats`).
+
+def time_ms(fn, device: torch.device, warmup: int, repeats: int, target_s: float) -> tuple[float, int]:
+    """(median time of `fn` in ms after warm-up, kernel variants compiled during the timed calls).
+
+    The first call may compile kernels, so with warmup >= 2 a second call always follows it, and that call's time
+    sizes the rest: further warm-ups only when a call is short (< 0.2 s), and as many timed repeats as fit in
+    `target_s` (at least 2, at most `repeats`). A non-zero second value means the median includes compilation.
     """
-    first = elapsed_ms(fn, device)
-    for _ in range(warmup - 1 if first < 200 else 0):
+    call = elapsed_ms(fn, device)
+    if warmup >= 2:
+        call = elapsed_ms(fn, device)
+    for _ in range(warmup - 2 if call < 200 else 0):
         fn()
-    n = max(2, min(repeats, int(target_s * 1e3 / max(first, 1e-3))))
-    return statistics.median(elapsed_ms(fn, device) for _ in range(n))
+    n = max(2, min(repeats, int(target_s * 1e3 / max(call, 1e-3))))
+    before = compiled_kernel_variants()
+    median = statistics.median(elapsed_ms(fn, device) for _ in range(n))
+    return median, compiled_kernel_variants() - before
 
 
 def peak_memory_mb(fn, device: torch.device) -> tuple[float | None, float | None]:
@@ -121,14 +135,15 @@ def measure_point(net, opt, shape: dict, cfg: dict, device: torch.device) -> dic
         opt.step()
 
     timing = (device, cfg["warmup"], cfg["repeats"], cfg["target_s"])
-    fwd_ms = time_ms(forward, *timing)
+    fwd_ms, fwd_compiles = time_ms(forward, *timing)
     fwd_peak, _ = peak_memory_mb(forward, device)
-    step_ms = time_ms(step, *timing)
+    step_ms, step_compiles = time_ms(step, *timing)
     peak, over_base = peak_memory_mb(step, device)
     tokens = batch * length
+    # Kernels compiled while timing: the figures then include compilation (flagged in the report, not a speed).
     return {"fwd_ms": fwd_ms, "step_ms": step_ms, "tokens_per_s": tokens / fwd_ms * 1e3,
             "train_tokens_per_s": tokens / step_ms * 1e3, "peak_mem_mb": peak, "step_mem_over_base_mb": over_base,
-            "fwd_peak_mem_mb": fwd_peak}
+            "fwd_peak_mem_mb": fwd_peak, "compiled_while_timing": fwd_compiles + step_compiles}
 
 
 class Budget:
@@ -147,7 +162,7 @@ class Budget:
 
 def calls_per_measurement(call_s: float, cfg: dict) -> float:
     """How many calls `time_ms` + `peak_memory_mb` make for a call of `call_s` seconds (warm-ups included)."""
-    warmups = cfg["warmup"] if call_s < 0.2 else 1
+    warmups = cfg["warmup"] if call_s < 0.2 else min(cfg["warmup"], 2)
     return warmups + max(2, min(cfg["repeats"], int(cfg["target_s"] / max(call_s, 1e-6)))) + 1
 
 

@@ -125,7 +125,8 @@ def markdown_sweep(title: str, cases: list[dict], summary: dict, image: str | No
             return "not run"
         if c["status"] != "ok":
             return c["status"]
-        return _fmt(c.get(key))
+        # † = Triton compiled kernels during this point's timed calls: the figure includes compilation
+        return _fmt(c.get(key)) + (" †" if c.get("compiled_while_timing") else "")
 
     for length in sorted(by_len):
         ours, peer = by_len[length].get(OURS), by_len[length].get(PEER)
@@ -139,6 +140,8 @@ def markdown_sweep(title: str, cases: list[dict], summary: dict, image: str | No
             f"| {cell(peer, 'train_tokens_per_s')} | {cell(ours, 'peak_mem_mb')} | {cell(peer, 'peak_mem_mb')} |")
         lines.append(row)
     lines.append("")
+    if any(c.get("compiled_while_timing") for c in cases):
+        lines += ["† kernels were compiled during the timed calls of this point: the time includes compilation.", ""]
     for model in (OURS, PEER):
         parts = []
         for metric, fit in summary["fits"][model].items():

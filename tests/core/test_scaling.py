@@ -211,3 +211,44 @@ def test_bad_options_exit_with_a_named_error(argv, message, capsys, tmp_path):
         scaling.main([*argv, "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_time_ms_reports_kernels_compiled_while_timing(monkeypatch):
+    """A point whose timed calls compiled kernels is flagged (its time includes compilation)."""
+    counter = {"n": 0}
+    monkeypatch.setattr(scaling, "compiled_kernel_variants", lambda: counter["n"])
+
+    def fn():
+        counter["n"] += 1  # every call "compiles" one variant
+
+    ms, compiled = scaling.time_ms(fn, torch.device("cpu"), warmup=2, repeats=3, target_s=0.0)
+    assert ms >= 0 and compiled == 2  # two timed calls (the minimum), each compiled
+    counter["n"] = 0
+    _, compiled = scaling.time_ms(lambda: None, torch.device("cpu"), warmup=2, repeats=3, target_s=0.0)
+    assert compiled == 0
+
+
+def test_markdown_marks_points_timed_with_compilation():
+    from mambasuite.core.scaling_analysis import markdown_sweep
+
+    def case(model, length, compiled):
+        return dict(model=model, status="ok", shape=dict(length=length), fwd_ms=1.0, step_ms=2.0,
+                    train_tokens_per_s=1.0, peak_mem_mb=1.0, compiled_while_timing=compiled)
+
+    cases = [case("mamba", 256, 0), case("transformer", 256, 0), case("mamba", 512, 3), case("transformer", 512, 0)]
+    summary = {"fits": {"mamba": {}, "transformer": {}}, "crossover": {}}
+    text = markdown_sweep("t", cases, summary, None)
+    rows = [line for line in text.splitlines() if line.startswith("| 5") or line.startswith("| 2")]
+    assert "†" not in rows[0] and rows[1].count("†") >= 2
+    assert "include" in text and "compilation" in text
+
+
+def test_compiled_variants_counts_every_cache_entry(monkeypatch):
+    pytest.importorskip("triton")
+    from mambasuite.kernels.triton import compile_stats
+
+    class FakeKernel:
+        device_caches = {0: ({"a": 1, "b": 2}, {}, None, None, None), 1: ({"c": 3}, {}, None, None, None)}
+
+    monkeypatch.setattr(compile_stats, "_jit_kernels", lambda: iter([FakeKernel(), object()]))
+    assert compile_stats.compiled_variants() == 3
