@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -28,14 +30,43 @@ def make_block(d_model: int, backend: str) -> Block:
     return Block(d_model, BiMamba(d_model, d_state=16, d_conv=4, expand=2, combine="mean", backend=backend))
 
 
+def _timings(run, params, device: torch.device) -> dict:
+    """fwd / fwd+bwd ms and peak MiB: do_bench medians on CUDA; one timed call each on CPU (the --smoke check)."""
+    if device.type != "cuda":
+        out = {}
+        with torch.no_grad():
+            start = time.perf_counter()
+            run()
+            out["fwd_ms"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        run().backward()
+        out["fwd_bwd_ms"] = (time.perf_counter() - start) * 1e3
+        return out
+    import triton
+
+    out = {}
+    with torch.no_grad():
+        out["fwd_ms"] = triton.testing.do_bench(run, warmup=10, rep=100)
+    out["fwd_bwd_ms"] = triton.testing.do_bench(lambda: run().backward(), grad_to_none=params, warmup=10, rep=100)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run().backward()
+    torch.cuda.synchronize()
+    out["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return out
+
+
 def bench_block(batch: int, length: int, d_model: int, device: str = "cuda") -> dict:
     import triton
 
+    device = torch.device(device)
     torch.manual_seed(0)
     reference = make_block(d_model, "triton").to(device)
     x = torch.randn(batch, length, d_model, device=device)
     residual = torch.randn(batch, length, d_model, device=device)
-    result = {"benchmark": "block", "date": _dt.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter, smoke run)"
+    result = {"benchmark": "block", "date": _dt.date.today().isoformat(), "device": name,
               "versions": {"torch": torch.__version__, "triton": triton.__version__}, "cases": [], "ratios": [],
               "setup": f"Vim v2 block, d_model {d_model}, batch {batch}, {length} tokens, bf16 autocast"}
     for impl, backend in IMPLS:
@@ -44,32 +75,23 @@ def bench_block(batch: int, length: int, d_model: int, device: str = "cuda") -> 
         xs, rs = x.clone().requires_grad_(), residual.clone().requires_grad_()
 
         def run():
-            with torch.autocast("cuda", torch.bfloat16):
+            with torch.autocast(device.type, torch.bfloat16):
                 out, new_residual = block(xs, rs)
             return out.float().sum() + new_residual.float().sum()
 
         case = dict(name=f"{batch}x{length}x{d_model}/{impl}", impl=impl, backend=backend,
                     shape=dict(batch=batch, L=length, d_model=d_model), status="ok")
         try:
-            with torch.no_grad():
-                case["fwd_ms"] = triton.testing.do_bench(run, warmup=10, rep=100)
-            params = [xs, rs, *block.parameters()]
-            case["fwd_bwd_ms"] = triton.testing.do_bench(lambda: run().backward(), grad_to_none=params, warmup=10,
-                                                         rep=100)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            run().backward()
-            torch.cuda.synchronize()
-            case["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            case.update(_timings(run, [xs, rs, *block.parameters()], device))
         except Exception as err:  # noqa: BLE001 - a missing peer is reported, not fatal
             case.update(status="error", error=str(err)[:300])
         result["cases"].append(case)
     ours, peer = result["cases"]
     if ours["status"] == peer["status"] == "ok":
         for metric in ("fwd_ms", "fwd_bwd_ms", "peak_mem_mb"):
-            result["ratios"].append(dict(name=f"block:{metric}", ours=ours["name"], peer=peer["name"], metric=metric,
-                                         ratio=peer[metric] / ours[metric]))
+            if ours.get(metric) and peer.get(metric):
+                result["ratios"].append(dict(name=f"block:{metric}", ours=ours["name"], peer=peer["name"],
+                                             metric=metric, ratio=peer[metric] / ours[metric]))
     return result
 
 
@@ -90,11 +112,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--length", type=int, default=197)
     p.add_argument("--d_model", type=int, default=192)
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke: Triton's interpreter)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (batch 1, 5 tokens, d_model 8): a script check")
     p.add_argument("--out", default="runs/bench")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA GPU (the peer block runs mamba-ssm's CUDA kernels)")
-    result = bench_block(args.batch, args.length, args.d_model)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (the peer block runs mamba-ssm's CUDA kernels); `--device cpu --smoke` checks the "
+                "script")
+    if args.device == "cpu":
+        if not args.smoke:
+            p.error("--device cpu runs Triton's interpreter: only with --smoke")
+        os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported to take effect
+    sizes = (1, 5, 8) if args.smoke else (args.batch, args.length, args.d_model)
+    result = bench_block(*sizes, device=args.device)
     result["command"] = "mamba-suite bench block " + " ".join(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

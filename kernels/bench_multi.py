@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -56,13 +59,29 @@ def _leaves(tensors):
 
 
 def _time(fn, leaves, device):
+    """(fwd ms, fwd+bwd ms, peak MiB): do_bench medians on CUDA; on CPU (the --smoke check, Triton's interpreter)
+    one timed call each and no memory figure."""
+    def fwd_bwd():
+        fn().float().sum().backward()
+
+    if device.type != "cuda":
+        def median_ms(f):
+            times = []
+            for _ in range(1):
+                start = time.perf_counter()
+                f()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+
+        with torch.no_grad():
+            fwd = median_ms(fn)
+        return fwd, median_ms(fwd_bwd), None
     import triton
 
     with torch.no_grad():
         fwd = triton.testing.do_bench(fn, warmup=10, rep=50)
-    fwd_bwd = triton.testing.do_bench(lambda: fn().float().sum().backward(), grad_to_none=leaves, warmup=10, rep=50)
-    peak = _peak_mib(lambda: fn().float().sum().backward(), device)
-    return fwd, fwd_bwd, peak
+    fwd_bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=leaves, warmup=10, rep=50)
+    return fwd, fwd_bwd_ms, _peak_mib(fwd_bwd, device)
 
 
 def _case(result, name, impl, shape, run, leaves, device):
@@ -74,19 +93,21 @@ def _case(result, name, impl, shape, run, leaves, device):
         result["cases"].append(dict(name=name, impl=impl, shape=shape, status="OOM"))
     except Exception as err:  # noqa: BLE001 - a missing peer is reported, not fatal
         result["cases"].append(dict(name=name, impl=impl, shape=shape, status="error", error=str(err)[:300]))
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _header(what: str, device) -> dict:
     import triton
 
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter, smoke run)"
     versions = {"torch": torch.__version__, "triton": triton.__version__}
     try:
         from importlib.metadata import version
         versions["mamba_ssm"] = version("mamba_ssm")
     except Exception:  # noqa: BLE001 - optional peer
         versions["mamba_ssm"] = None
-    return {"benchmark": what, "date": _dt.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
+    return {"benchmark": what, "date": _dt.date.today().isoformat(), "device": name,
             "versions": versions, "dtype": "bfloat16 (A, D, delta_bias fp32)", "cases": [], "ratios": []}
 
 
@@ -98,7 +119,7 @@ def _ratios(result, ours: str, peers: list[str]):
         for peer in peers:
             p = by_name.get(c["name"].replace(ours, peer))
             for metric in ("fwd_ms", "fwd_bwd_ms", "peak_mem_mb"):
-                if p is not None and p["status"] == "ok":
+                if p is not None and p["status"] == "ok" and p.get(metric) and c.get(metric):
                     result["ratios"].append(dict(name=f"{c['name']}:{metric}:{peer}", ours=c["name"], peer=p["name"],
                                                  metric=metric, ratio=p[metric] / c[metric]))
 
@@ -118,6 +139,7 @@ def _markdown(result: dict, title: str) -> str:
 
 
 def bench_bidir(shapes, device="cuda") -> dict:
+    device = torch.device(device)
     result = _header("bidir", device)
     for shape in shapes:
         batch, dim, length, n = shape
@@ -154,6 +176,7 @@ def _route_orders(height, width, device):
 
 
 def bench_cross2d(shapes, device="cuda") -> dict:
+    device = torch.device(device)
     result = _header("cross2d", device)
     for shape in shapes:
         batch, dim, height, width, n = shape
@@ -195,26 +218,32 @@ def bench_cross2d(shapes, device="cuda") -> dict:
     return result
 
 
-def _main(argv, what, default_shapes, parts, shape_help, bench, title) -> int:
+def _main(argv, what, default_shapes, smoke_shapes, parts, shape_help, bench, title) -> int:
     p = argparse.ArgumentParser(prog=f"mamba-suite bench {what}", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default=default_shapes, help=f"comma-separated {shape_help}")
+    p.add_argument("--shapes", default=None, help=f"comma-separated {shape_help} (default {default_shapes})")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke: Triton's interpreter)")
+    p.add_argument("--smoke", action="store_true", help=f"tiny shapes ({smoke_shapes}): a check that the script runs")
     p.add_argument("--out", default="runs/bench", help=f"output folder for {what}.json / {what}.md")
     args = p.parse_args(argv)
     try:
-        shapes = _parse(args.shapes, parts, shape_help)
+        shapes = _parse(args.shapes or (smoke_shapes if args.smoke else default_shapes), parts, shape_help)
     except ValueError as err:
         p.error(str(err))
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA GPU (the fused scans are Triton kernels; the CPU path is the PyTorch reference)")
-    result = bench(shapes)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (the fused scans are Triton kernels); `--device cpu --smoke` checks the script")
+    if args.device == "cpu":
+        if not args.smoke:
+            p.error("--device cpu runs Triton's interpreter: only with --smoke")
+        os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported to take effect
+    result = bench(shapes, args.device)
     result["command"] = f"mamba-suite bench {what} " + " ".join(argv)
     _write(Path(args.out), what, result, _markdown(result, title))
     return 0 if all(c["status"] == "ok" or c["impl"] != "ours-fused" for c in result["cases"]) else 1
 
 
 def main_bidir(argv: list[str]) -> int:
-    return _main(argv, "bidir", BIDIR_SHAPES, 4, "BxDxLxN", bench_bidir, "Bidirectional scan")
+    return _main(argv, "bidir", BIDIR_SHAPES, "1x4x9x2", 4, "BxDxLxN", bench_bidir, "Bidirectional scan")
 
 
 def main_cross2d(argv: list[str]) -> int:
-    return _main(argv, "cross2d", CROSS_SHAPES, 5, "BxDxHxWxN", bench_cross2d, "2D cross-scan")
+    return _main(argv, "cross2d", CROSS_SHAPES, "1x4x3x4x2", 5, "BxDxHxWxN", bench_cross2d, "2D cross-scan")

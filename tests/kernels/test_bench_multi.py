@@ -1,0 +1,47 @@
+"""`mamba-suite bench bidir` / `bench cross2d` run end to end on CPU (--smoke: Triton's interpreter, tiny shapes).
+
+The timings mean nothing here; the test checks that every implementation ran (or that the missing CUDA peer is
+reported as an error, not a crash) and that the JSON has the schema `--compare` reads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+pytest.importorskip("triton")
+
+from mambasuite.kernels.bench_multi import main_bidir, main_cross2d  # noqa: E402
+
+PEER = importlib.util.find_spec("mamba_ssm") is not None
+
+
+@pytest.mark.parametrize("main,name,impls", [
+    (main_bidir, "bidir", ("ours-fused", "ours-two-calls", "mamba_ssm-flip")),
+    (main_cross2d, "cross2d", ("ours-fused", "mamba_ssm-pipe", "ours-pipe")),
+])
+def test_smoke_run_writes_cases_and_ratios(tmp_path, main, name, impls):
+    assert main(["--device", "cpu", "--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["benchmark"] == name and (tmp_path / f"{name}.md").exists()
+    by_impl = {c["impl"]: c for c in result["cases"]}
+    assert set(by_impl) == set(impls)
+    for impl, case in by_impl.items():
+        if impl.startswith("mamba_ssm") and not PEER:
+            assert case["status"] == "error" and "mamba" in case["error"]
+        else:
+            assert case["status"] == "ok" and case["fwd_ms"] > 0 and case["fwd_bwd_ms"] > 0
+    ours_peers = {r["peer"].split("/")[-1] for r in result["ratios"]}
+    assert impls[-1] in ours_peers or impls[1] in ours_peers
+    assert all(r["ratio"] > 0 and r["metric"] in ("fwd_ms", "fwd_bwd_ms") for r in result["ratios"])
+
+
+def test_cpu_needs_smoke_and_shapes_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main_bidir(["--device", "cpu", "--out", str(tmp_path)])
+    assert "only with --smoke" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main_cross2d(["--device", "cpu", "--smoke", "--shapes", "2x8x5x6", "--out", str(tmp_path)])
+    assert "BxDxHxWxN" in capsys.readouterr().err
