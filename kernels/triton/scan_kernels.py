@@ -23,6 +23,15 @@ earlier segments in order (a short loop per program). Backward mirrors this for 
 
 Reverse scans (h_t depends on t..L-1) walk tiles and scans right to left; no flipped copies.
 
+Several directions in one launch (the grid's third axis): `_fwd_program` / `_bwd_program` hold one direction's
+work; the entry kernels call them once per direction, with direction k's tensors at k * dir_* elements from
+direction 0's (the bidirectional scan: forward then reverse; the 2D cross-scan: rows, columns, both reversed).
+A column route reads an (H, W) row-major map through `_positions` (step t -> pixel (t % H) * W + t // H), and
+routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ).
+
+The backward's tile may span several forward tiles (CKPT_RATIO); it starts from the checkpoint of the first
+forward tile it covers in scan order.
+
 Tails: steps outside [0, L) get dt = 0 and u = 0, i.e. the identity step (a = 1, x = 0), so the
 state after the last valid step, and every checkpoint, is exact.
 """
