@@ -176,12 +176,12 @@ def test_cross_scan_reference_equals_vmamba_transposes_and_flips():
 def test_cross_scan_triton_matches_float64_reference(monkeypatch, height, width, n, seg):
     monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", seg)
     g = torch.Generator().manual_seed(height * width)
-    ins = _map_inputs(2, 8, height, width, n, g)
+    ins = _map_inputs(1 if seg else 2, 8, height, width, n, g)
     ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
     ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
     out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
     expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
-    assert out.dtype == torch.float32 and out.shape == (2, 8, height, width)
+    assert out.dtype == torch.float32 and out.shape == (1 if seg else 2, 8, height, width)
     w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
     (out.to(F64) * w).sum().backward()
     (expected * w).sum().backward()

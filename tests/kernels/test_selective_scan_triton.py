@@ -68,7 +68,8 @@ def _compare(inp, *, reverse=False, dtype=torch.float32, with_dlast=True):
     (130, 64, "variable", True),
 ])
 def test_triton_matches_float64_loop(length, n, form, reverse):
-    _compare(_inputs(2, 8, length, n, form, groups=2, h0=length > 1, seed=length), reverse=reverse)
+    batch, dim = (1, 4) if n >= 64 else (2, 8)  # the interpreter's time grows with programs x states
+    _compare(_inputs(batch, dim, length, n, form, groups=2, h0=length > 1, seed=length), reverse=reverse)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -85,11 +86,11 @@ def test_backward_tile_spanning_several_forward_tiles(monkeypatch, reverse, seg)
     for key, value in dict(BLOCK_T=16, BLOCK_D=4, WARPS=1, BWD_BLOCK_T=32, BWD_BLOCK_D=2, BWD_WARPS=2).items():
         monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
     monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
-    plan = triton_scan.plan_launch(2, 8, 150, 4, 1, torch.device(DEVICE))
+    plan = triton_scan.plan_launch(1, 4, 100, 4, 1, torch.device(DEVICE))
     assert (plan.fwd.block_t, plan.bwd.block_t, plan.ckpt_ratio) == (16, 32, 2)
-    assert (plan.fwd.block_d, plan.bwd.block_d) == (4, 2) and plan.n_tiles == 10
-    assert plan.n_seg == (1 if seg is None else 3)
-    _compare(_inputs(2, 8, 150, 4, "variable", h0=True, seed=21), reverse=reverse)
+    assert (plan.fwd.block_d, plan.bwd.block_d, plan.bwd.n_dtiles) == (4, 2, 2) and plan.n_tiles == 7
+    assert plan.n_seg == (1 if seg is None else 2)
+    _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=21), reverse=reverse)
 
 
 def test_backward_tile_must_be_a_multiple_of_the_forward_tile(monkeypatch):
