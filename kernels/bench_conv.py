@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .benchmark import _max_rel
+from .benchmark import _peak_mib as peak_mib_cuda
+
 DEFAULT_SHAPES = "64x384x197,8x1536x2048,2x1024x131072"  # Vim-Ti tokens, an LM batch, a 131k DNA sequence
 SMOKE_SHAPES = "2x16x33,1x8x5"
 LAYOUTS = ("channel_first", "channel_last")
@@ -106,16 +109,7 @@ def _peak_mib(fn, device) -> float | None:
     if device.type != "cuda":
         fn()
         return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
-def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+    return peak_mib_cuda(fn, device)
 
 
 def bench_case(shape, layout: str, impl: str, dtype, width: int, device, repeats: int, check: bool) -> dict:

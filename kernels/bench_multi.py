@@ -169,12 +169,6 @@ def bench_bidir(shapes, device="cuda") -> dict:
     return result
 
 
-def _route_orders(height, width, device):
-    pixels = torch.arange(height * width, device=device)
-    cols = pixels.view(height, width).t().reshape(-1)
-    return [pixels, cols, pixels.flip(0), cols.flip(0)]
-
-
 def bench_cross2d(shapes, device="cuda") -> dict:
     device = torch.device(device)
     result = _header("cross2d", device)
@@ -189,7 +183,6 @@ def bench_cross2d(shapes, device="cuda") -> dict:
         D = _rnd(g, 4, dim, dtype=torch.float32, device=device)
         bias = _rnd(g, 4, dim, dtype=torch.float32, scale=0.5, device=device) - 4.0
         leaves = _leaves([x, delta, A, B, C, D, bias])
-        orders = _route_orders(height, width, device)
         label = "x".join(map(str, shape))
 
         def fused():
@@ -213,7 +206,6 @@ def bench_cross2d(shapes, device="cuda") -> dict:
         for impl, run in (("ours-fused", fused), ("mamba_ssm-pipe", pipeline("mamba_ssm")),
                           ("ours-pipe", pipeline("triton"))):
             _case(result, f"{label}/{impl}", impl, label, run, leaves, device)
-        del orders
     _ratios(result, "ours-fused", ["mamba_ssm-pipe", "ours-pipe"])
     return result
 

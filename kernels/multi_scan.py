@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
+from ._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
 from .reference.multi_scan import bidirectional_scan_ref, combine_directions, cross_scan_2d_ref, route_order
 
 
@@ -84,12 +84,11 @@ def _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus):
     from . import selective_scan
 
     batch, dim, height, width = x.shape
-    flat = lambda t: t.flatten(-2) if t.dim() == 5 else t  # noqa: E731
     orders = [route_order(height, width, k, x.device) for k in range(4)]
     u = x.reshape(batch, dim, -1)
     gather = lambda t: torch.stack([t[:, k][..., orders[k]] for k in range(4)], dim=1)  # noqa: E731
     ys = selective_scan(torch.stack([u[..., o] for o in orders], dim=1).flatten(1, 2),
-                        gather(flat(delta)).flatten(1, 2), A.flatten(0, 1), gather(flat(B)), gather(flat(C)),
+                        gather(pixels_flat(delta)).flatten(1, 2), A.flatten(0, 1), gather(pixels_flat(B)), gather(pixels_flat(C)),
                         None if D is None else D.flatten(), delta_bias=None if delta_bias is None else
                         delta_bias.flatten(), delta_softplus=delta_softplus, backend="mamba_ssm")
     ys = ys.view(batch, 4, dim, -1).float()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
 from .selective_scan import selective_scan_ref
 
 
@@ -66,9 +66,8 @@ def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softp
         (batch, dim, H, W) fp32: sum over routes of each route's output placed back at its pixels.
     """
     batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "reference")
-    flat = lambda t: t.flatten(-2) if t.dim() == 5 else t  # noqa: E731
     u = x.reshape(batch, dim, height * width)
-    delta, B, C = flat(delta), flat(B), flat(C)
+    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.zeros(batch, dim, height * width, dtype=acc, device=x.device)
     for route in range(4):

@@ -17,28 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
-from .scan_launch import ForwardState, ScanInputs, bc_view, launch_backward, launch_forward
-from .scan_plan import deterministic_mode, plan_launch
-
-
-def _plan(u, A, B, C, directions):
-    batch, dim, length = u.shape
-    return plan_launch(batch, dim, length, A.shape[1], max(bc_view(B)[2], bc_view(C)[2]), u.device, directions)
-
-
-def _state_shapes(u, A, plan, directions):
-    batch, dim, _ = u.shape
-    seg = (directions, batch, plan.n_seg, dim, A.shape[1]) if plan.n_seg > 1 else (0,)
-    return (directions, batch, dim, plan.n_tiles, A.shape[1]), seg
-
-
-def _combine(y2: torch.Tensor, combine: str) -> torch.Tensor:
-    if combine == "add":
-        return y2[0] + y2[1]
-    if combine == "mean":
-        return (y2[0] + y2[1]) * 0.5
-    return y2[0] * y2[1]
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
+from ..reference.multi_scan import combine_directions
+from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
+from .scan_plan import deterministic_mode
 
 
 # ------------------------------------------------------------------------------------------ bidirectional
@@ -50,19 +32,20 @@ def _bi_fwd_op(u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor, delt
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns out ((batch, dim, L), or (2, batch, dim, L) for "stack"), the stacked outputs kept for "mul"'s
     backward (else empty), checkpoints (2, batch, dim, n_tiles, N) and segment products."""
-    plan = _plan(u_f, A_f, B_f, C_f, 2)
+    plan = plan_for(u_f, A_f, B_f, C_f, 2)
     y2 = torch.empty((2, *u_f.shape), dtype=u_f.dtype, device=u_f.device)
     dirs = [ScanInputs(u_f, delta_f, A_f, B_f, C_f, D_f, bias_f), ScanInputs(u_b, delta_b, A_b, B_b, C_b, D_b, bias_b)]
     state = launch_forward(dirs, z, None, y2[0], u_f.numel(), plan=plan, softplus=delta_softplus)
     if combine == "stack":
         return y2, u_f.new_empty(0), state.ckpt, state.seg_p
-    return _combine(y2, combine), (y2 if combine == "mul" else u_f.new_empty(0)), state.ckpt, state.seg_p
+    kept = y2 if combine == "mul" else u_f.new_empty(0)
+    return combine_directions(y2[0], y2[1], combine), kept, state.ckpt, state.seg_p
 
 
 @_bi_fwd_op.register_fake
 def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f, bias_b, z, delta_softplus, combine):
-    plan = _plan(u_f, A_f, B_f, C_f, 2)
-    ckpt_shape, seg_shape = _state_shapes(u_f, A_f, plan, 2)
+    plan = plan_for(u_f, A_f, B_f, C_f, 2)
+    ckpt_shape, seg_shape = state_shapes(u_f, A_f, plan, 2)
     out_shape = (2, *u_f.shape) if combine == "stack" else u_f.shape
     kept = (2, *u_f.shape) if combine == "mul" else (0,)
     return (u_f.new_empty(out_shape), u_f.new_empty(kept), u_f.new_empty(ckpt_shape, dtype=torch.float32),
@@ -78,7 +61,7 @@ def _bi_bwd_op(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: tor
                ) -> list[torch.Tensor]:
     """Stacked gradients [du (2, ...), ddelta (2, ...), dA (2, dim, N), dB (2, *B.shape), dC, dD (2, dim),
     dbias (2, dim), dz]; absent ones are empty."""
-    plan = _plan(u_f, A_f, B_f, C_f, 2)
+    plan = plan_for(u_f, A_f, B_f, C_f, 2)
     if combine == "stack":  # one gradient per direction
         grads, step = dout.contiguous(), u_f.numel()
     elif combine == "mul":  # d(y_f * y_b): dout * y_b for the forward direction, dout * y_f for the reverse
@@ -146,7 +129,7 @@ def _x2d_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
     """u (batch, dim, H*W); delta (batch, 4, dim, H*W); A (4, dim, N); B, C (batch, 4, N, H*W); D, delta_bias
     (4, dim). Returns the merged output (batch, dim, H*W) fp32, checkpoints and segment products."""
     batch, dim, length = u.shape
-    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
+    plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
                        None if delta_bias is None else delta_bias[k]) for k in range(4)]
     hw = (height, length // height)
@@ -164,8 +147,8 @@ def _x2d_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
 
 @_x2d_fwd_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
-    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
-    ckpt_shape, seg_shape = _state_shapes(u, A[0], plan, 4)
+    plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
+    ckpt_shape, seg_shape = state_shapes(u, A[0], plan, 4)
     return (u.new_empty(u.shape, dtype=torch.float32), u.new_empty(ckpt_shape, dtype=torch.float32),
             u.new_empty(seg_shape, dtype=torch.float32))
 
@@ -177,7 +160,7 @@ def _x2d_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: tor
     """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
     dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty."""
     length = u.shape[-1]
-    plan = _plan(u, A[0], B[:, 0], C[:, 0], 4)
+    plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
                        None if delta_bias is None else delta_bias[k]) for k in range(4)]
     g = launch_backward(dirs, None, dout.contiguous(), 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p),
@@ -221,8 +204,7 @@ def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_so
     if x.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
-    flat = lambda t: t.flatten(-2) if t.dim() == 5 else t  # noqa: E731
     u = x.reshape(batch, dim, height * width)
-    out, _, _ = _x2d_fwd_op(u, flat(delta), A, flat(B), flat(C), D, delta_bias, height, bool(delta_softplus),
+    out, _, _ = _x2d_fwd_op(u, pixels_flat(delta), A, pixels_flat(B), pixels_flat(C), D, delta_bias, height, bool(delta_softplus),
                             deterministic_mode())
     return out.view(batch, dim, height, width)

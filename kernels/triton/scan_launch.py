@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
-from .scan_plan import LaunchPlan
+from .scan_plan import LaunchPlan, plan_launch
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,19 @@ def bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, i
     if t.dim() == 3:
         t = t.unsqueeze(1)
     return t, True, t.shape[1], tuple(t.stride())
+
+
+def plan_for(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, directions: int = 1) -> LaunchPlan:
+    """The launch plan of a call on u (batch, dim, L) with these A, B, C, for `directions` scans in one launch."""
+    batch, dim, length = u.shape
+    return plan_launch(batch, dim, length, A.shape[1], max(bc_view(B)[2], bc_view(C)[2]), u.device, directions)
+
+
+def state_shapes(u: torch.Tensor, A: torch.Tensor, plan: LaunchPlan, directions: int = 1):
+    """Shapes of the checkpoints (K, batch, dim, n_tiles, N) and segment products (K, batch, n_seg, dim, N)."""
+    batch, dim, _ = u.shape
+    seg = (directions, batch, plan.n_seg, dim, A.shape[1]) if plan.n_seg > 1 else (0,)
+    return (directions, batch, dim, plan.n_tiles, A.shape[1]), seg
 
 
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:

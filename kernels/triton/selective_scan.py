@@ -17,21 +17,8 @@ import torch
 
 from .._checks import check_selective_scan_args
 from . import scan_plan
-from .scan_launch import ForwardState, ScanInputs, bc_view, launch_backward, launch_forward
+from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
 from .scan_plan import KernelTile, LaunchPlan, deterministic_mode, plan_launch
-
-
-def _plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, directions: int = 1) -> LaunchPlan:
-    batch, dim, length = u.shape
-    groups = max(bc_view(B)[2], bc_view(C)[2])
-    return plan_launch(batch, dim, length, A.shape[1], groups, u.device, directions)
-
-
-def _state_shapes(u: torch.Tensor, A: torch.Tensor, plan: LaunchPlan, directions: int = 1):
-    """Shapes of the checkpoints (K, batch, dim, n_tiles, N) and segment products (K, batch, n_seg, dim, N)."""
-    batch, dim, _ = u.shape
-    seg = (directions, batch, plan.n_seg, dim, A.shape[1]) if plan.n_seg > 1 else (0,)
-    return (directions, batch, dim, plan.n_tiles, A.shape[1]), seg
 
 
 # ----------------------------------------------------------------------------------------- forward
@@ -42,7 +29,7 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns out (batch, dim, L), last_state (batch, dim, N) fp32, checkpoints (1, batch, dim, n_tiles, N)
     fp32 and the segments' decay products (1, batch, n_seg, dim, N) fp32 (empty with one segment)."""
-    plan = _plan(u, A, B, C)
+    plan = plan_for(u, A, B, C)
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     h0 = initial_state.float().contiguous()[None] if initial_state is not None else None
     state = launch_forward([ScanInputs(u, delta, A, B, C, D, delta_bias)], z, h0, out, 0, plan=plan,
@@ -52,8 +39,8 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
 
 @_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
-    plan = _plan(u, A, B, C)
-    ckpt_shape, seg_shape = _state_shapes(u, A, plan)
+    plan = plan_for(u, A, B, C)
+    ckpt_shape, seg_shape = state_shapes(u, A, plan)
     f32 = torch.float32
     return (u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=f32),
             u.new_empty(ckpt_shape, dtype=f32), u.new_empty(seg_shape, dtype=f32))
@@ -67,7 +54,7 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
             reverse: bool, deterministic: bool) -> list[torch.Tensor]:
     """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state]; absent inputs get
     empty tensors."""
-    plan = _plan(u, A, B, C)
+    plan = plan_for(u, A, B, C)
     dout = dout.contiguous() if dout.stride(-1) != 1 else dout
     dlast = dlast.float().contiguous()[None] if dlast is not None else None
     g = launch_backward([ScanInputs(u, delta, A, B, C, D, delta_bias)], z, dout, 0, dlast,
