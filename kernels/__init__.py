@@ -81,9 +81,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend == "reference":
         return selective_scan_ref(*args, **kwargs)
     if backend == "triton":
-        from .triton.selective_scan import selective_scan_triton
+        from .triton.selective_scan import selective_scan_checked
 
-        return selective_scan_triton(*args, **kwargs)
+        return selective_scan_checked(*args, **kwargs)
     from .peer import selective_scan_mamba_ssm
 
     return selective_scan_mamba_ssm(*args, **kwargs)

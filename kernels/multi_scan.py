@@ -42,9 +42,9 @@ def bidirectional_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, co
     if backend == "reference":
         return bidirectional_scan_ref(*args, z=z, combine=combine, delta_softplus=delta_softplus)
     if backend == "triton":
-        from .triton.multi_scan import bidirectional_scan_triton
+        from .triton.multi_scan import bidirectional_scan_checked
 
-        return bidirectional_scan_triton(*args, z=z, combine=combine, delta_softplus=delta_softplus)
+        return bidirectional_scan_checked(pairs, z, combine, delta_softplus)
     from . import selective_scan
 
     ys = [selective_scan(*(pairs[name][k] for name in ("u", "delta", "A", "B", "C", "D")), z=z,

@@ -113,6 +113,12 @@ def bidirectional_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, z=None
     """Both directions in one launch; same contract as `bidirectional_scan_ref` (pairs (forward, reverse))."""
     pairs = {name: as_pair(name, value) for name, value in zip(PAIRED, (u, delta, A, B, C, D, delta_bias))}
     check_bidirectional_args(pairs, z, combine, "triton")
+    return bidirectional_scan_checked(pairs, z, combine, delta_softplus)
+
+
+def bidirectional_scan_checked(pairs: dict, z, combine: str, delta_softplus: bool) -> torch.Tensor:
+    """`bidirectional_scan_triton` on pairs that `check_bidirectional_args` has passed (the dispatcher checks
+    once at the public boundary; checking again would only add host time to every eager call)."""
     if pairs["u"][0].dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")

@@ -90,16 +90,21 @@ def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
 
 
 _LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas"}
+_CHECKED_LAUNCHES: set = set()  # (kernel name, positional count, keyword names) already checked
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
     """Launch `kernel`, first checking every keyword against its parameters: Triton's CPU interpreter ignores
-    unknown keywords that compiled Triton rejects, so the check keeps CI honest about the GPU launch."""
-    unknown = set(kwargs) - set(kernel.arg_names) - _LAUNCH_OPTIONS
-    if unknown or len(args) + len(kwargs) - len(set(kwargs) & _LAUNCH_OPTIONS) != len(kernel.arg_names):
-        raise TypeError(f"{kernel.__name__}: launch arguments do not match its parameters (unknown keywords: "
-                        f"{sorted(unknown)}; {len(args)} positional + {len(kwargs)} keyword for "
-                        f"{len(kernel.arg_names)} parameters)")
+    unknown keywords that compiled Triton rejects, so the check keeps CI honest about the GPU launch. A call
+    pattern is checked once (the check is host time on every eager call otherwise)."""
+    pattern = (kernel.__name__, len(args), tuple(kwargs))
+    if pattern not in _CHECKED_LAUNCHES:
+        unknown = set(kwargs) - set(kernel.arg_names) - _LAUNCH_OPTIONS
+        if unknown or len(args) + len(kwargs) - len(set(kwargs) & _LAUNCH_OPTIONS) != len(kernel.arg_names):
+            raise TypeError(f"{kernel.__name__}: launch arguments do not match its parameters (unknown keywords: "
+                            f"{sorted(unknown)}; {len(args)} positional + {len(kwargs)} keyword for "
+                            f"{len(kernel.arg_names)} parameters)")
+        _CHECKED_LAUNCHES.add(pattern)
     kernel[grid](*args, **kwargs)
 
 

@@ -5,6 +5,7 @@ Kept apart from the launchers so that every op built on the scan core (single, b
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -68,6 +69,7 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
     return p
 
 
+@functools.lru_cache(maxsize=None)
 def _target_programs(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -82,10 +84,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _env_tile(prefix: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
-    env = os.environ.get
-    keys = ("BLOCK_T", "BLOCK_D", "WARPS")
-    return tuple(int(env(f"{prefix}{k}", 0)) or d for k, d in zip(keys, default))
+_TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "BWD_BLOCK_T", "BWD_BLOCK_D",
+                                                     "BWD_WARPS"))
+
+
+def _env_tile(values: tuple[str | None, ...], default: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(v or 0) or d for v, d in zip(values, default))
 
 
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device,
@@ -97,13 +101,22 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
+    # Plans are memoised: every scan call plans (forward and backward), and at small shapes the host time of a
+    # call is what a user waits for. The overrides are part of the key, so changing them takes effect at once.
+    overrides = tuple(os.environ.get(k) for k in _TILE_ENV)
+    return _plan(batch, dim, length, d_state, groups, device, directions, overrides, FORCE_SEG_LEN)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
+          overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
     fwd_default, bwd_default = _default_tiles(batch * dim, length)
-    env_fwd = any(os.environ.get(f"MAMBASUITE_SCAN_{k}") for k in ("BLOCK_T", "BLOCK_D", "WARPS"))
-    fwd_t, fwd_d, fwd_w = _env_tile("MAMBASUITE_SCAN_", fwd_default)
-    bwd_t, bwd_d, bwd_w = _env_tile("MAMBASUITE_SCAN_BWD_", (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
+    env_fwd = any(overrides[:3])
+    fwd_t, fwd_d, fwd_w = _env_tile(overrides[:3], fwd_default)
+    bwd_t, bwd_d, bwd_w = _env_tile(overrides[3:], (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
     cap = max(16, _next_pow2(length))
-    if FORCE_SEG_LEN is not None:  # tests: segments shorter than a tile need shorter tiles
-        cap = min(cap, _next_pow2(FORCE_SEG_LEN))
+    if force_seg_len is not None:  # tests: segments shorter than a tile need shorter tiles
+        cap = min(cap, _next_pow2(force_seg_len))
     fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
     if bwd_t % fwd_t:
         raise ValueError(f"selective scan tiles: the backward's {bwd_t} steps must be a multiple of the "
@@ -113,8 +126,8 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
         bwd_d = _largest_pow2_divisor(dim // groups, bwd_d)
     n_tiles = -(-length // fwd_t)
     bwd_tiles = -(-length // bwd_t)
-    if FORCE_SEG_LEN is not None:
-        seg_tiles = max(1, FORCE_SEG_LEN // bwd_t)
+    if force_seg_len is not None:
+        seg_tiles = max(1, force_seg_len // bwd_t)
     else:
         # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
         rows = batch * -(-dim // bwd_d) * directions

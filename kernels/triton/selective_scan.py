@@ -111,6 +111,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     refused (use backend="reference" for float64). last_state has a gradient, as does initial_state.
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, "triton")
+    return selective_scan_checked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                  reverse=reverse, initial_state=initial_state)
+
+
+def selective_scan_checked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, *, reverse=False, initial_state=None):
+    """`selective_scan_triton` on arguments that `check_selective_scan_args` has passed (the dispatcher checks
+    once at the public boundary; checking again would only add host time to every eager call)."""
     if u.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
