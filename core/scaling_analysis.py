@@ -68,7 +68,10 @@ def crossover(cases: list[dict], metric: str) -> dict:
         return result
     d = [math.log(peer[length] / ours[length]) for length in common]
     if d[-1] <= 0:
-        result["kind"] = "not_reached"
+        result.update(kind="not_reached", longest=float(common[-1]))
+        if d[0] > 0:  # Mamba lower at the short end, the Transformer from some length on
+            first_not = next(i for i, v in enumerate(d) if v <= 0)
+            result["ours_lower_until"] = float(common[first_not - 1])
         return result
     i = len(d) - 1
     while i > 0 and d[i - 1] > 0:
@@ -95,9 +98,12 @@ def describe_crossover(c: dict) -> str:
     text = {
         "interpolated": f"Mamba's {what} is lower from ~{c.get('length') or 0:,.0f} tokens on",
         "below_range": f"Mamba's {what} is lower at every measured length (from {c.get('length') or 0:,.0f})",
-        "not_reached": f"the Transformer's {what} is lower up to the longest length both ran",
+        "not_reached": f"the Transformer's {what} is lower at the longest length both ran "
+                       f"({c.get('longest') or 0:,.0f})",
         "insufficient": f"no length where both models have a {what}",
     }[c["kind"]]
+    if "ours_lower_until" in c:
+        text += f"; Mamba's is lower up to {c['ours_lower_until']:,.0f} tokens"
     if "peer_oom_from" in c:
         text += f"; the Transformer runs out of memory from {c['peer_oom_from']:,.0f} tokens"
     return text

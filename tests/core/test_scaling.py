@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mambasuite.core import scaling
-from mambasuite.core.scaling_analysis import crossover, fit_slope, sweep_summary
+from mambasuite.core.scaling_analysis import crossover, describe_crossover, fit_slope, sweep_summary
 from mambasuite.core.transformer import SelfAttention, TransformerBackbone, count_parameters
 
 
@@ -76,6 +76,14 @@ def test_crossover_edge_cases_and_peer_oom():
     slower = [_case("mamba", n, step_ms=3.0) for n in (64, 128)] + [_case("transformer", n, step_ms=2.0)
                                                                     for n in (64, 128)]
     assert crossover(slower, "step_ms")["kind"] == "not_reached"
+    assert "ours_lower_until" not in crossover(slower, "step_ms")
+    # Mamba lower at the short end only (peak memory of a flash-attention Transformer): said so, not hidden
+    memory = [_case("mamba", n, peak_mem_mb=m) for n, m in ((64, 1.0), (128, 2.0), (256, 4.2))]
+    memory += [_case("transformer", n, peak_mem_mb=m) for n, m in ((64, 1.5), (128, 2.1), (256, 4.0))]
+    result = crossover(memory, "peak_mem_mb")
+    assert result["kind"] == "not_reached" and result["longest"] == 256.0 and result["ours_lower_until"] == 128.0
+    assert describe_crossover(result) == ("the Transformer's peak memory is lower at the longest length both ran "
+                                          "(256); Mamba's is lower up to 128 tokens")
     # a late dip back below does not count: the crossover is where Mamba *stays* lower
     wobbly = [_case("mamba", n, step_ms=1.0) for n in (64, 128, 256, 512)]
     wobbly += [_case("transformer", n, step_ms=t) for n, t in ((64, 2.0), (128, 0.5), (256, 2.0), (512, 4.0))]
