@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .eager import EagerOp
+
 
 @triton.jit
 def _add_rms_norm_fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, newres_ptr, rstd_ptr, M, N, eps,
@@ -64,9 +66,8 @@ def _blocks(dim: int) -> tuple[int, int, int]:
     return block_m, block_n, 4 if block_n * block_m <= 4096 else 8
 
 
-@torch.library.custom_op("mambasuite::add_rms_norm_fwd", mutates_args=())
-def _fwd_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
-            res_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _norm_fwd(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+              res_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x, residual (M, N) contiguous -> out (M, N) x.dtype, new_residual (M, N) res_dtype, rstd (M,) fp32."""
     m, n = x.shape
     out = torch.empty_like(x)
@@ -79,15 +80,17 @@ def _fwd_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     return out, new_res, rstd
 
 
+_fwd_op = torch.library.custom_op("mambasuite::add_rms_norm_fwd", _norm_fwd, mutates_args=())
+
+
 @_fwd_op.register_fake
 def _(x, residual, weight, eps, res_dtype):
     return torch.empty_like(x), x.new_empty(x.shape, dtype=res_dtype), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("mambasuite::add_rms_norm_bwd", mutates_args=())
-def _bwd_op(g: torch.Tensor, gr: torch.Tensor | None, new_res: torch.Tensor, rstd: torch.Tensor,
-            weight: torch.Tensor, x_dtype: torch.dtype, res_dtype: torch.dtype | None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _norm_bwd(g: torch.Tensor, gr: torch.Tensor | None, new_res: torch.Tensor, rstd: torch.Tensor,
+              weight: torch.Tensor, x_dtype: torch.dtype, res_dtype: torch.dtype | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns d x (M, N) x_dtype, d residual (M, N) res_dtype (empty when there was no residual), d weight."""
     m, n = g.shape
     block_m, block_n, warps = _blocks(n)
@@ -100,6 +103,10 @@ def _bwd_op(g: torch.Tensor, gr: torch.Tensor | None, new_res: torch.Tensor, rst
         m, n, HAS_GR=gr is not None, HAS_RES=res_dtype is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps)
     return dx, dres, dw_part.sum(0).to(weight.dtype)
+
+
+_bwd_op = torch.library.custom_op("mambasuite::add_rms_norm_bwd", _norm_bwd, mutates_args=())
+_bwd = EagerOp(_bwd_op, _norm_bwd)
 
 
 @_bwd_op.register_fake
@@ -120,11 +127,12 @@ def _backward(ctx, g, gr, _grstd):
     new_res, rstd, weight = ctx.saved_tensors
     g = g.contiguous() if g is not None else torch.zeros_like(new_res, dtype=ctx.x_dtype)
     gr = gr.contiguous() if gr is not None else None
-    dx, dres, dw = _bwd_op(g, gr, new_res, rstd, weight, ctx.x_dtype, ctx.res_in_dtype)
+    dx, dres, dw = _bwd(g, gr, new_res, rstd, weight, ctx.x_dtype, ctx.res_in_dtype)
     return dx, (dres if ctx.res_in_dtype is not None else None), dw, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd = EagerOp(_fwd_op, _norm_fwd, _setup_context, _backward)
 
 
 def add_rms_norm_triton(x, residual, weight, eps=1e-5, residual_in_fp32=True):
@@ -138,7 +146,7 @@ def add_rms_norm_triton(x, residual, weight, eps=1e-5, residual_in_fp32=True):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
     r2 = residual.reshape(-1, shape[-1]).contiguous() if residual is not None else None
-    out, new_res, _ = _fwd_op(x2, r2, weight, float(eps), res_dtype)
+    out, new_res, _ = _fwd(x2, r2, weight, float(eps), res_dtype)
     return out.view(shape), new_res.view(shape)
 
 

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .eager import EagerOp
+
 _MAX_EXTENT = 2**31 - 1
 
 
@@ -304,9 +306,8 @@ def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
-@torch.library.custom_op("mambasuite::causal_conv1d_fwd", mutates_args=())
-def _fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_states: torch.Tensor | None,
-            silu: bool, reverse: bool, return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_states: torch.Tensor | None,
+              silu: bool, reverse: bool, return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """x (batch, dim, L) any strides -> out (batch, dim, L) in x's layout, final_states (batch, dim, W-1)
     (an empty tensor of its own unless `return_final_states`)."""
     batch, dim, length = x.shape
@@ -325,6 +326,9 @@ def _fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     return out, final
 
 
+_fwd_op = torch.library.custom_op("mambasuite::causal_conv1d_fwd", _conv_fwd, mutates_args=())
+
+
 @_fwd_op.register_fake
 def _(x, weight, bias, initial_states, silu, reverse, return_final_states):
     batch, dim, _ = x.shape
@@ -332,10 +336,9 @@ def _(x, weight, bias, initial_states, silu, reverse, return_final_states):
     return _empty_in_layout(x), final
 
 
-@torch.library.custom_op("mambasuite::causal_conv1d_bwd", mutates_args=())
-def _bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_states: torch.Tensor | None,
-            dout: torch.Tensor, dfinal: torch.Tensor | None, silu: bool, reverse: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_states: torch.Tensor | None,
+              dout: torch.Tensor, dfinal: torch.Tensor | None, silu: bool, reverse: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> dx (x's layout and dtype), dweight (weight's dtype), dbias, d initial_states (each an empty
     tensor of its own when the input was None)."""
     batch, dim, length = x.shape
@@ -361,6 +364,10 @@ def _bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     return dx, dweight, dbias, dh0
 
 
+_bwd_op = torch.library.custom_op("mambasuite::causal_conv1d_bwd", _conv_bwd, mutates_args=())
+_bwd = EagerOp(_bwd_op, _conv_bwd)
+
+
 @_bwd_op.register_fake
 def _(x, weight, bias, initial_states, dout, dfinal, silu, reverse):
     dbias = torch.empty_like(bias, memory_format=torch.contiguous_format) if bias is not None else x.new_empty(0)
@@ -379,12 +386,13 @@ def _backward(ctx, dout, dfinal):
     channel_last = is_channel_last(x)
     dout = _in_layout(dout, channel_last) if dout is not None else torch.zeros_like(x)
     dfinal = dfinal if ctx.return_final_states else None
-    dx, dweight, dbias, dh0 = _bwd_op(x, weight, bias, initial_states, dout, dfinal, ctx.silu, ctx.reverse)
+    dx, dweight, dbias, dh0 = _bwd(x, weight, bias, initial_states, dout, dfinal, ctx.silu, ctx.reverse)
     return (dx, dweight, dbias if bias is not None else None, dh0 if initial_states is not None else None,
             None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd = EagerOp(_fwd_op, _conv_fwd, _setup_context, _backward)
 
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None, *, reverse=False, initial_states=None,
@@ -396,8 +404,8 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, *, reverse=False
     for name, t in (("x", x), ("initial_states", initial_states)):
         if t is not None:
             _check_extent(name, t)
-    out, final = _fwd_op(x, weight, bias, initial_states, activation in ("silu", "swish"), reverse,
-                         return_final_states)
+    out, final = _fwd(x, weight, bias, initial_states, activation in ("silu", "swish"), reverse,
+                      return_final_states)
     return (out, final) if return_final_states else out
 
 

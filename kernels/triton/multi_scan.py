@@ -10,7 +10,8 @@ Both run every direction in one launch of the same kernels as the single scan (`
   fp32 (batch, dim, H, W) map in its stores (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the
   four routes to separate slots and sums them in a fixed order instead.
 
-Both are `torch.library.custom_op`s with fake implementations, with autograd attached.
+Both are `torch.library.custom_op`s with fake implementations, with autograd attached; eager calls skip the
+dispatcher (`eager.EagerOp`).
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ import torch
 
 from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
 from ..reference.multi_scan import combine_directions
+from .eager import EagerOp
 from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
 from .scan_plan import deterministic_mode
 
 
 # ------------------------------------------------------------------------------------------ bidirectional
-@torch.library.custom_op("mambasuite::bidirectional_scan_fwd", mutates_args=())
-def _bi_fwd_op(u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor, delta_b: torch.Tensor,
-               A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor, C_f: torch.Tensor,
-               C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None, bias_f: torch.Tensor | None,
-               bias_b: torch.Tensor | None, z: torch.Tensor | None, delta_softplus: bool, combine: str
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bi_scan_fwd(u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor, delta_b: torch.Tensor,
+                 A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor, C_f: torch.Tensor,
+                 C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None, bias_f: torch.Tensor | None,
+                 bias_b: torch.Tensor | None, z: torch.Tensor | None, delta_softplus: bool, combine: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns out ((batch, dim, L), or (2, batch, dim, L) for "stack"), the stacked outputs kept for "mul"'s
     backward (else empty), checkpoints (2, batch, dim, n_tiles, N) and segment products."""
     plan = plan_for(u_f, A_f, B_f, C_f, 2)
@@ -42,6 +43,9 @@ def _bi_fwd_op(u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor, delt
     return combine_directions(y2[0], y2[1], combine), kept, state.ckpt, state.seg_p
 
 
+_bi_fwd_op = torch.library.custom_op("mambasuite::bidirectional_scan_fwd", _bi_scan_fwd, mutates_args=())
+
+
 @_bi_fwd_op.register_fake
 def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f, bias_b, z, delta_softplus, combine):
     plan = plan_for(u_f, A_f, B_f, C_f, 2)
@@ -52,13 +56,12 @@ def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f
             u_f.new_empty(seg_shape, dtype=torch.float32))
 
 
-@torch.library.custom_op("mambasuite::bidirectional_scan_bwd", mutates_args=())
-def _bi_bwd_op(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor,
-               delta_b: torch.Tensor, A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor,
-               C_f: torch.Tensor, C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None,
-               bias_f: torch.Tensor | None, bias_b: torch.Tensor | None, z: torch.Tensor | None,
-               ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool, combine: str, deterministic: bool
-               ) -> list[torch.Tensor]:
+def _bi_scan_bwd(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: torch.Tensor, delta_f: torch.Tensor,
+                 delta_b: torch.Tensor, A_f: torch.Tensor, A_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor,
+                 C_f: torch.Tensor, C_b: torch.Tensor, D_f: torch.Tensor | None, D_b: torch.Tensor | None,
+                 bias_f: torch.Tensor | None, bias_b: torch.Tensor | None, z: torch.Tensor | None,
+                 ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool, combine: str, deterministic: bool
+                 ) -> list[torch.Tensor]:
     """Stacked gradients [du (2, ...), ddelta (2, ...), dA (2, dim, N), dB (2, *B.shape), dC, dD (2, dim),
     dbias (2, dim), dz]; absent ones are empty."""
     plan = plan_for(u_f, A_f, B_f, C_f, 2)
@@ -79,6 +82,10 @@ def _bi_bwd_op(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: tor
             g.dz.to(z.dtype) if z is not None else empty.clone()]
 
 
+_bi_bwd_op = torch.library.custom_op("mambasuite::bidirectional_scan_bwd", _bi_scan_bwd, mutates_args=())
+_bi_bwd = EagerOp(_bi_bwd_op, _bi_scan_bwd)
+
+
 @_bi_bwd_op.register_fake
 def _(dout, y2, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, bias_f, bias_b, z, ckpt, seg_p,
       delta_softplus, combine, deterministic):
@@ -97,8 +104,8 @@ def _bi_setup(ctx, inputs, output):
 def _bi_backward(ctx, dout, dy2, dckpt, dseg_p):
     y2, *tensors, ckpt, seg_p = ctx.saved_tensors
     delta_softplus, combine, deterministic = ctx.flags
-    du, ddelta, dA, dB, dC, dD, dbias, dz = _bi_bwd_op(dout, y2, *tensors, ckpt, seg_p, delta_softplus, combine,
-                                                       deterministic)
+    du, ddelta, dA, dB, dC, dD, dbias, dz = _bi_bwd(dout, y2, *tensors, ckpt, seg_p, delta_softplus, combine,
+                                                    deterministic)
     has_d, has_bias, has_z = tensors[10] is not None, tensors[12] is not None, tensors[14] is not None
     pair = lambda t, keep: (t[0], t[1]) if keep else (None, None)  # noqa: E731
     return (*pair(du, True), *pair(ddelta, True), *pair(dA, True), *pair(dB, True), *pair(dC, True),
@@ -106,6 +113,7 @@ def _bi_backward(ctx, dout, dy2, dckpt, dseg_p):
 
 
 _bi_fwd_op.register_autograd(_bi_backward, setup_context=_bi_setup)
+_bi_fwd = EagerOp(_bi_fwd_op, _bi_scan_fwd, _bi_setup, _bi_backward)
 
 
 def bidirectional_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add",
@@ -123,15 +131,14 @@ def bidirectional_scan_checked(pairs: dict, z, combine: str, delta_softplus: boo
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
     flat = [pairs[name][k] for name in PAIRED for k in range(2)]
-    out, _, _, _ = _bi_fwd_op(*flat, z, bool(delta_softplus), combine)
+    out, _, _, _ = _bi_fwd(*flat, z, bool(delta_softplus), combine)
     return out
 
 
 # --------------------------------------------------------------------------------------------- 2D routes
-@torch.library.custom_op("mambasuite::cross_scan_2d_fwd", mutates_args=())
-def _x2d_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
-                deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
+                  deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W); delta (batch, 4, dim, H*W); A (4, dim, N); B, C (batch, 4, N, H*W); D, delta_bias
     (4, dim). Returns the merged output (batch, dim, H*W) fp32, checkpoints and segment products."""
     batch, dim, length = u.shape
@@ -151,6 +158,9 @@ def _x2d_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
     return out, state.ckpt, state.seg_p
 
 
+_x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
+
+
 @_x2d_fwd_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
@@ -159,10 +169,9 @@ def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
             u.new_empty(seg_shape, dtype=torch.float32))
 
 
-@torch.library.custom_op("mambasuite::cross_scan_2d_bwd", mutates_args=())
-def _x2d_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, ckpt: torch.Tensor,
-                seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool) -> list[torch.Tensor]:
+def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, ckpt: torch.Tensor,
+                  seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool) -> list[torch.Tensor]:
     """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
     dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty."""
     length = u.shape[-1]
@@ -176,6 +185,10 @@ def _x2d_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: tor
     return [g.du.to(u.dtype), g.ddelta.transpose(0, 1).contiguous(), g.dA, g.dB.transpose(0, 1).contiguous(),
             g.dC.transpose(0, 1).contiguous(), g.dD if g.dD is not None else empty.clone(),
             g.dbias if g.dbias is not None else empty.clone()]
+
+
+_x2d_bwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_bwd", _x2d_scan_bwd, mutates_args=())
+_x2d_bwd = EagerOp(_x2d_bwd_op, _x2d_scan_bwd)
 
 
 @_x2d_bwd_op.register_fake
@@ -195,13 +208,14 @@ def _x2d_setup(ctx, inputs, output):
 def _x2d_backward(ctx, dout, dckpt, dseg_p):
     u, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
     height, delta_softplus, deterministic = ctx.flags
-    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd_op(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
-                                                    delta_softplus, deterministic)
+    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
+                                                 delta_softplus, deterministic)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
             None, None, None)
 
 
 _x2d_fwd_op.register_autograd(_x2d_backward, setup_context=_x2d_setup)
+_x2d_fwd = EagerOp(_x2d_fwd_op, _x2d_scan_fwd, _x2d_setup, _x2d_backward)
 
 
 def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
@@ -211,6 +225,6 @@ def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_so
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
     u = x.reshape(batch, dim, height * width)
-    out, _, _ = _x2d_fwd_op(u, pixels_flat(delta), A, pixels_flat(B), pixels_flat(C), D, delta_bias, height, bool(delta_softplus),
-                            deterministic_mode())
+    out, _, _ = _x2d_fwd(u, pixels_flat(delta), A, pixels_flat(B), pixels_flat(C), D, delta_bias, height,
+                         bool(delta_softplus), deterministic_mode())
     return out.view(batch, dim, height, width)

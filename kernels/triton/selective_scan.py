@@ -2,7 +2,8 @@
 
 `selective_scan_triton` has the signature of `selective_scan_ref`. The forward and backward are
 registered as `torch.library.custom_op`s (with fake implementations), so `torch.compile` traces
-through them, and autograd is attached with `register_autograd`.
+through them, and autograd is attached with `register_autograd`; eager calls skip the dispatcher
+(`eager.EagerOp`).
 
 Determinism: time-variable dB/dC are accumulated with fp32 atomics by default (one atomic per
 (batch, group, n, t) and channel tile, after a register reduction over the tile). With
@@ -17,16 +18,16 @@ import torch
 
 from .._checks import check_selective_scan_args
 from . import scan_plan
+from .eager import EagerOp
 from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
 from .scan_plan import KernelTile, LaunchPlan, deterministic_mode, plan_launch
 
 
 # ----------------------------------------------------------------------------------------- forward
-@torch.library.custom_op("mambasuite::selective_scan_fwd", mutates_args=())
-def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-            D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-            initial_state: torch.Tensor | None, delta_softplus: bool, reverse: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+              D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+              initial_state: torch.Tensor | None, delta_softplus: bool, reverse: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns out (batch, dim, L), last_state (batch, dim, N) fp32, checkpoints (1, batch, dim, n_tiles, N)
     fp32 and the segments' decay products (1, batch, n_seg, dim, N) fp32 (empty with one segment)."""
     plan = plan_for(u, A, B, C)
@@ -35,6 +36,9 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
     state = launch_forward([ScanInputs(u, delta, A, B, C, D, delta_bias)], z, h0, out, 0, plan=plan,
                            softplus=delta_softplus, reverse=reverse)
     return out, state.last[0], state.ckpt, state.seg_p
+
+
+_fwd_op = torch.library.custom_op("mambasuite::selective_scan_fwd", _scan_fwd, mutates_args=())
 
 
 @_fwd_op.register_fake
@@ -47,11 +51,10 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, revers
 
 
 # ---------------------------------------------------------------------------------------- backward
-@torch.library.custom_op("mambasuite::selective_scan_bwd", mutates_args=())
-def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-            B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-            delta_bias: torch.Tensor | None, ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool,
-            reverse: bool, deterministic: bool) -> list[torch.Tensor]:
+def _scan_bwd(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+              B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+              delta_bias: torch.Tensor | None, ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool,
+              reverse: bool, deterministic: bool) -> list[torch.Tensor]:
     """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state]; absent inputs get
     empty tensors."""
     plan = plan_for(u, A, B, C)
@@ -68,6 +71,10 @@ def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, del
         g.dbias[0] if delta_bias is not None else u.new_empty(0),
         g.dh0[0],
     ]
+
+
+_bwd_op = torch.library.custom_op("mambasuite::selective_scan_bwd", _scan_bwd, mutates_args=())
+_bwd = EagerOp(_bwd_op, _scan_bwd)
 
 
 @_bwd_op.register_fake
@@ -94,13 +101,14 @@ def _backward(ctx, dout, dlast, dckpt, dseg_p):
     delta_softplus, reverse, deterministic = ctx.flags
     if dout is None:
         dout = torch.zeros_like(u)
-    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _bwd_op(
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _bwd(
         dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
             dbias if delta_bias is not None else None, dh0.to(ctx.h0_dtype) if ctx.has_h0 else None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd = EagerOp(_fwd_op, _scan_fwd, _setup_context, _backward)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -122,8 +130,8 @@ def selective_scan_checked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     if u.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
-    out, last_state, _, _ = _fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                    bool(delta_softplus), bool(reverse))
+    out, last_state, _, _ = _fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                 bool(reverse))
     return (out, last_state) if return_last_state else out
 
 
