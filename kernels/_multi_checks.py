@@ -74,10 +74,10 @@ def check_cross_scan_args(x, delta, A, B, C, D, delta_bias, backend: str) -> tup
             raise ValueError(f"cross_scan_2d: {name} must have shape (4, dim) = (4, {dim}), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
     u = x.reshape(batch, dim, hw)
+    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
     for k in range(4):
         try:
-            check_selective_scan_args(u, pixels_flat(delta)[:, k], A[k], pixels_flat(B)[:, k], pixels_flat(C)[:, k],
-                                      None if D is None else D[k], None,
+            check_selective_scan_args(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k], None,
                                       None if delta_bias is None else delta_bias[k], None, backend)
         except (TypeError, ValueError) as err:
             raise type(err)(f"cross_scan_2d, route {k}: {err}") from None

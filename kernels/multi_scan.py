@@ -87,8 +87,9 @@ def _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus):
     orders = [route_order(height, width, k, x.device) for k in range(4)]
     u = x.reshape(batch, dim, -1)
     gather = lambda t: torch.stack([t[:, k][..., orders[k]] for k in range(4)], dim=1)  # noqa: E731
+    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
     ys = selective_scan(torch.stack([u[..., o] for o in orders], dim=1).flatten(1, 2),
-                        gather(pixels_flat(delta)).flatten(1, 2), A.flatten(0, 1), gather(pixels_flat(B)), gather(pixels_flat(C)),
+                        gather(delta).flatten(1, 2), A.flatten(0, 1), gather(B), gather(C),
                         None if D is None else D.flatten(), delta_bias=None if delta_bias is None else
                         delta_bias.flatten(), delta_softplus=delta_softplus, backend="mamba_ssm")
     ys = ys.view(batch, 4, dim, -1).float()
