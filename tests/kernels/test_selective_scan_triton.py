@@ -100,6 +100,23 @@ def test_backward_tile_must_be_a_multiple_of_the_forward_tile(monkeypatch):
         triton_scan.plan_launch(2, 8, 150, 4, 1, torch.device(DEVICE))
 
 
+def test_memoised_plans_follow_overrides_and_forced_segments(monkeypatch):
+    """Plans are cached; a tile override or a forced segment length set later must still take effect."""
+    device = torch.device(DEVICE)
+    default = triton_scan.plan_launch(2, 8, 150, 4, 1, device)
+    assert triton_scan.plan_launch(2, 8, 150, 4, 1, device) is default  # served from the cache
+    monkeypatch.setenv("MAMBASUITE_SCAN_BLOCK_T", "16")
+    monkeypatch.setenv("MAMBASUITE_SCAN_BLOCK_D", "2")
+    overridden = triton_scan.plan_launch(2, 8, 150, 4, 1, device)
+    assert (overridden.fwd.block_t, overridden.fwd.block_d, overridden.n_tiles) == (16, 2, 10)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", 32)
+    assert triton_scan.plan_launch(2, 8, 150, 4, 1, device).n_seg == 5
+    monkeypatch.delenv("MAMBASUITE_SCAN_BLOCK_T")
+    monkeypatch.delenv("MAMBASUITE_SCAN_BLOCK_D")
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", None)
+    assert triton_scan.plan_launch(2, 8, 150, 4, 1, device) == default
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs(dtype):
     _compare(_inputs(2, 8, 40, 4, "variable", dtype=dtype, seed=3), dtype=dtype, with_dlast=False)
