@@ -133,7 +133,7 @@ def _fwd_program(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment).
 
@@ -194,7 +194,8 @@ def _fwd_program(
         dt_sum += tl.sum(dt, axis=1)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        for n in range(N):
+        # unrolled UNROLL_N times (the plan's choice: faster at long tiles, slower at short ones)
+        for n in tl.range(0, N, loop_unroll_factor=UNROLL_N):
             sel = offs_n[None, :] == n
             a_n = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
             a = tl.exp2(dt * a_n[:, None])
@@ -241,11 +242,14 @@ def _fwd_route(
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
-    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, dir_u, dir_dt,
+    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    UNROLL_N: tl.constexpr, dir_u, dir_dt,
     dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
     REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
 ):
-    """Direction k of a multi-direction launch: its tensors start k * dir_* elements after direction 0's."""
+    """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
+    the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
+    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
     _fwd_program(
         u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
         D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
@@ -253,7 +257,7 @@ def _fwd_route(
         N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
         s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z,
         HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT, BLOCK_D,
-        BLOCK_T, N_PAD,
+        BLOCK_T, N_PAD, UNROLL_N,
     )
 
 
@@ -267,10 +271,10 @@ def selective_scan_fwd_kernel(
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
-    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
     dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64,
     dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
-    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
     chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
@@ -278,11 +282,13 @@ def selective_scan_fwd_kernel(
     next's (0 for a tensor the directions share)."""
     if DIRECTIONS == 1:
         _fwd_route(
-            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
+            0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+            last_ptr,
             seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub,
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3,
             s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE,
-            ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state,
+            ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
+            dir_state,
             dir_out, dir_ckpt, dir_seg, REVERSE, False,
         )
     else:
@@ -290,57 +296,69 @@ def selective_scan_fwd_kernel(
         if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
             if k == 0:
                 _fwd_route(
-                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             else:
                 _fwd_route(
-                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _fwd_route(
-                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             elif k == 1:
                 _fwd_route(
-                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, True,
                 )
             elif k == 2:
                 _fwd_route(
-                    2, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
                 )
             else:
                 _fwd_route(
-                    3, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
+                    3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                    ckpt_ptr,
                     last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
                     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, dir_u, dir_dt, dir_A, dir_B,
+                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
+                    dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, True,
                 )
 
@@ -450,8 +468,10 @@ def _bwd_program(
             dy = dy * zv * tl.sigmoid(zv)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        # du_t = dt_t * P_t and ddt_t = u_t * P_t + Q_t, with P = sum_n dh_n * B_n and Q = sum_n q_n * A_n: two FMAs
+        # per state instead of four, and u is not live through the loop over states (it is reloaded after it).
+        p_acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        q_acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for n in range(N):
             sel = offs_n[None, :] == n
             a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
@@ -474,11 +494,9 @@ def _bwd_program(
                 if HAS_Z:
                     y += h * c_n
                 q = dh * (h - x)  # = dh_t * a_t * h_{t-1}: gradient of dt_t * A
-                ddt += q * a_nat[:, None]
                 dA_acc += tl.where(sel, tl.sum(q * dt, axis=1)[:, None], 0.0)
-                dhb = dh * b_n
-                ddt += dhb * u
-                du += dhb * dt
+                q_acc += q * a_nat[:, None]
+                p_acc += dh * b_n
                 d_bn = dh * dtu
                 d_cn = dy * h
                 if B_VAR:
@@ -500,6 +518,9 @@ def _bwd_program(
                     dC_acc += tl.where(sel, tl.sum(d_cn, axis=1)[:, None], 0.0)
         if not CARRY_ONLY:
             g_off = b * DIM * L + offs_d[:, None] * L + pos[None, :]  # gradient outputs are contiguous
+            u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
+            du = p_acc * dt
+            ddt = p_acc * u + q_acc
             if HAS_D:
                 du += dy * d_skip[:, None]
                 dD_acc += tl.sum(dy * u, axis=1)
@@ -562,7 +583,9 @@ def _bwd_route(
     dir_dB, dir_dC, dir_row,
     REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
 ):
-    """Direction k of a multi-direction launch: its tensors start k * dir_* elements after direction 0's."""
+    """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
+    the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
+    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
     _bwd_program(
         u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
         D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g, dlast_ptr + k * dir_state,
@@ -593,12 +616,13 @@ def selective_scan_bwd_kernel(
     dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
     dir_row: tl.int64,
-    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
 ):
     """Backward launch; same grid, directions and dir_* offsets as the forward."""
     if DIRECTIONS == 1:
         _bwd_route(
-            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr,
+            0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+            seg_e_ptr,
             seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N,
             GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut,
             s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1,
@@ -612,7 +636,8 @@ def selective_scan_bwd_kernel(
         if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
             if k == 0:
                 _bwd_route(
-                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
@@ -623,7 +648,8 @@ def selective_scan_bwd_kernel(
                 )
             else:
                 _bwd_route(
-                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
@@ -635,7 +661,8 @@ def selective_scan_bwd_kernel(
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _bwd_route(
-                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
@@ -646,7 +673,8 @@ def selective_scan_bwd_kernel(
                 )
             elif k == 1:
                 _bwd_route(
-                    1, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
@@ -657,7 +685,8 @@ def selective_scan_bwd_kernel(
                 )
             elif k == 2:
                 _bwd_route(
-                    2, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
@@ -668,7 +697,8 @@ def selective_scan_bwd_kernel(
                 )
             else:
                 _bwd_route(
-                    3, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
+                    ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,

@@ -108,6 +108,17 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
+def _scaled_steps(steps: dict[str, int]) -> dict:
+    """The dir_* offsets as the kernels take them, plus DIR_SCALE: when every offset is a multiple of 16 elements
+    (separate allocations are 512-byte aligned, so this is the usual case) they are passed divided by 16 and the
+    kernels multiply by a constant 16, which tells the compiler that direction k's pointers keep direction 0's
+    alignment, so loads and stores stay vectorised. Unspecialised offsets alone lose that: the fused bidirectional
+    scan at (2, 512, 131072, 16) took 108.0 ms fwd+bwd without the scale and 58.3 ms with it (session 5, H200, the
+    same script in two calls)."""
+    scale = 16 if all(v % 16 == 0 for v in steps.values()) else 1
+    return {**{k: v // scale for k, v in steps.items()}, "DIR_SCALE": scale}
+
+
 def _input_steps(dirs: list[ScanInputs]) -> dict[str, int]:
     names = dict(u="dir_u", delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
     return {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
@@ -153,6 +164,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     steps = _input_steps(dirs)
     steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
                  dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
+    steps = _scaled_steps(steps)
     tile = plan.fwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (
@@ -161,7 +173,8 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
         *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
-                BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, num_warps=tile.num_warps)
+                BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, num_warps=tile.num_warps,
+                UNROLL_N=plan.fwd_unroll)
     dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]
@@ -252,6 +265,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
                  dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=du_step, dir_ddt=rows_len, dir_dz=0,
                  dir_part=dA_part[0].numel(), dir_dB=dB_buf[0].numel(), dir_dC=dC_buf[0].numel(),
                  dir_row=dD_part[0].numel())
+    steps = _scaled_steps(steps)
     tile = plan.bwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (

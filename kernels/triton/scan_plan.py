@@ -15,11 +15,25 @@ import torch
 # (BENCHMARKS.md). One-warp programs make the forward fastest (no cross-warp barriers in the scans and
 # reductions); the backward keeps more live tiles and wants fewer elements per thread. A backward tile is a
 # whole number of forward tiles, because it starts from the forward's tile-entry checkpoints.
+#
+# The forward's loop over states is unrolled UNROLL times (tl.range's loop_unroll_factor): 4 sped the forward up at
+# L >= 2048 (session 5: 0.94 -> 0.91 ms at (8, 3072, 2048, 16), 0.57 -> 0.51 ms at (8, 768, 4096, 16)) and slowed it
+# at L = 197 (0.59 -> 0.70 ms). Unrolling the backward's loop was slower at every shape (more live registers).
 TILE_PLANS = (
-    # (max L, max rows or None, forward (T, D, W), backward (T, D, W)); the best fwd+bwd of the session-3 sweep
-    (256, None, (128, 4, 1), (128, 4, 1)),          # short sequences (Vim at 224 px: L = 197)
-    (16384, None, (1024, 1, 1), (1024, 2, 4)),      # mid lengths
-    (None, None, (256, 1, 1), (256, 2, 1)),         # long sequences (segments give the parallelism)
+    # (max L, max rows or None, forward (T, D, W), backward (T, D, W), forward UNROLL)
+    (256, None, (128, 4, 1), (128, 4, 1), 1),          # short sequences (Vim at 224 px: L = 197); session-3 sweep
+    (16384, None, (1024, 1, 1), (1024, 2, 4), 4),      # mid lengths; session-3 sweep
+    # long sequences: two-warp forward programs give the parallelism without segments (session 5, at (2, 512,
+    # 131072, 16): 5.80 / 29.6 ms fwd / fwd+bwd against 7.64 / 32.2 with the earlier 256-step tiles and segments)
+    (None, None, (1024, 1, 2), (1024, 2, 4), 4),
+)
+# Launches of several directions (bidirectional: 2, 2D routes: 4) keep the session-3 tiles without unrolling: the 2D
+# four-route forward at (64, 192, 56, 56, 16) took 16.0 ms with the forward unrolled 4 times against 12.8 ms without
+# (session 5, same H200 call). The single-direction plan's long tiles were not measured on multi-direction launches.
+MULTI_DIRECTION_PLANS = (
+    (256, None, (128, 4, 1), (128, 4, 1), 1),
+    (16384, None, (1024, 1, 1), (1024, 2, 4), 1),
+    (None, None, (256, 1, 1), (256, 2, 1), 1),
 )
 
 
@@ -42,12 +56,14 @@ class KernelTile:
 class LaunchPlan:
     """How one call is cut into programs.
 
-    fwd / bwd: the two kernels' tiles (bwd.block_t = ckpt_ratio x fwd.block_t). n_tiles: forward tiles
+    fwd / bwd: the two kernels' tiles (bwd.block_t = ckpt_ratio x fwd.block_t). fwd_unroll: unroll factor of the
+    forward's loop over states. n_tiles: forward tiles
     per row (= checkpoints per row). Segments of seg_len steps (a multiple of bwd.block_t) run in parallel.
     """
 
     fwd: KernelTile
     bwd: KernelTile
+    fwd_unroll: int
     ckpt_ratio: int
     n_tiles: int
     seg_len: int
@@ -55,11 +71,11 @@ class LaunchPlan:
     n_pad: int
 
 
-def _default_tiles(rows: int, length: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    for max_len, max_rows, fwd, bwd in TILE_PLANS:
+def _default_tiles(rows: int, length: int, directions: int) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    for max_len, max_rows, fwd, bwd, unroll in TILE_PLANS if directions == 1 else MULTI_DIRECTION_PLANS:
         if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
-            return fwd, bwd
-    raise AssertionError("TILE_PLANS must end with a catch-all row")
+            return fwd, bwd, unroll
+    raise AssertionError("every plan table must end with a catch-all row")
 
 
 def _largest_pow2_divisor(n: int, cap: int) -> int:
@@ -71,8 +87,10 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _target_programs(device: torch.device) -> int:
+    # Two backward programs fill an SM (the backward uses ~255 registers a thread), and a segment costs a second
+    # pass over its steps: at (2, 512, 131072, 16) two segments made the backward 29.2 ms against 23.8 without.
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return 1  # interpreter: segments only when a test forces them
 
 
@@ -85,7 +103,7 @@ def _next_pow2(n: int) -> int:
 
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "BWD_BLOCK_T", "BWD_BLOCK_D",
-                                                     "BWD_WARPS"))
+                                                     "BWD_WARPS", "FWD_UNROLL"))
 
 
 def _env_tile(values: tuple[str | None, ...], default: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -97,7 +115,8 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
 
     Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS set the
-    forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set);
+    forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set),
+    MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor;
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -110,10 +129,11 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 @functools.lru_cache(maxsize=1024)
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
-    fwd_default, bwd_default = _default_tiles(batch * dim, length)
+    fwd_default, bwd_default, unroll = _default_tiles(batch * dim, length, directions)
     env_fwd = any(overrides[:3])
     fwd_t, fwd_d, fwd_w = _env_tile(overrides[:3], fwd_default)
-    bwd_t, bwd_d, bwd_w = _env_tile(overrides[3:], (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
+    bwd_t, bwd_d, bwd_w = _env_tile(overrides[3:6], (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
+    unroll = int(overrides[6] or 0) or unroll
     cap = max(16, _next_pow2(length))
     if force_seg_len is not None:  # tests: segments shorter than a tile need shorter tiles
         cap = min(cap, _next_pow2(force_seg_len))
@@ -137,5 +157,5 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     n_seg = -(-bwd_tiles // seg_tiles)
     return LaunchPlan(
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d)), bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d)),
-        ckpt_ratio=bwd_t // fwd_t, n_tiles=n_tiles, seg_len=seg_tiles * bwd_t, n_seg=n_seg,
+        fwd_unroll=unroll, ckpt_ratio=bwd_t // fwd_t, n_tiles=n_tiles, seg_len=seg_tiles * bwd_t, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

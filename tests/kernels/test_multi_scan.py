@@ -235,3 +235,52 @@ def test_launcher_rejects_arguments_the_compiled_kernel_would_reject():
         _launch(selective_scan_fwd_kernel, (1,), CARRY_FROM_LATER=True)
     with pytest.raises(TypeError, match="positional"):
         _launch(selective_scan_fwd_kernel, (1,), 1, 2, 3)
+
+
+def test_direction_offsets_are_scaled_only_when_every_one_is_a_multiple_of_16():
+    from mambasuite.kernels.triton.scan_launch import _scaled_steps
+
+    assert _scaled_steps({"dir_u": 592, "dir_A": -32, "dir_D": 0}) == {"dir_u": 37, "dir_A": -2, "dir_D": 0,
+                                                                      "DIR_SCALE": 16}
+    assert _scaled_steps({"dir_u": 592, "dir_D": 8}) == {"dir_u": 592, "dir_D": 8, "DIR_SCALE": 1}
+
+
+@pytest.mark.parametrize("misalign", [0, 3])
+def test_bidirectional_reads_directions_at_aligned_and_unaligned_offsets(monkeypatch, misalign):
+    """Each direction's tensors are read at a fixed element offset from direction 0's; offsets that are all multiples
+    of 16 reach the kernels divided by 16 (an alignment hint), others unscaled. Both give the reference's numbers,
+    gradients included (here both directions' tensors are views into one buffer per input). L = 48 keeps the
+    launcher's own stacked buffers (outputs, gradients, dB/dC partials) at multiples of 16 too."""
+    from mambasuite.kernels.triton import scan_launch
+
+    scales = []
+    real = scan_launch._scaled_steps
+    monkeypatch.setattr(scan_launch, "_scaled_steps", lambda steps: scales.append(real(steps)["DIR_SCALE"]) or
+                        real(steps))
+    g = torch.Generator().manual_seed(9)
+    fwd, rev = _direction(2, 8, 48, 4, g), _direction(2, 8, 48, 4, g)
+    z = torch.randn(2, 8, 48, generator=g).to(DEVICE)
+    buffers, pairs = {}, {}
+    for k in fwd:  # direction 1 starts at the first multiple of 16 after direction 0's end, plus `misalign`
+        n = fwd[k].numel()
+        start = -(-n // 16) * 16 + misalign
+        buf = torch.zeros(start + n, dtype=fwd[k].dtype, device=DEVICE)
+        buf[:n] = fwd[k].flatten()
+        buf[start:] = rev[k].flatten()
+        buffers[k] = buf.requires_grad_()
+        pairs[k] = (buf[:n].view(fwd[k].shape), buf[start:].view(rev[k].shape))
+    zz = z.clone().requires_grad_()
+    out = bidirectional_scan(**pairs, z=zz, combine="add", delta_softplus=True, backend="triton")
+    ref, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "add", "reference", cast=F64)
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (ref * w).sum().backward()
+    assert set(scales) == {16 if misalign == 0 else 1}
+    errors = {"out": _err(out, ref), "dz": _err(zz.grad, ref_z.grad)}
+    for k, buf in buffers.items():
+        n = fwd[k].numel()
+        start = buf.numel() - n
+        errors[f"d{k}[0]"] = _err(buf.grad[:n].view(fwd[k].shape), ref_leaves[k][0].grad)
+        errors[f"d{k}[1]"] = _err(buf.grad[start:].view(rev[k].shape), ref_leaves[k][1].grad)
+    bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
+    assert not bad, bad
