@@ -243,21 +243,19 @@ def _fwd_route(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
-    UNROLL_N: tl.constexpr, dir_u, dir_dt,
-    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-    REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+    UNROLL_N: tl.constexpr, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt,
+    dir_seg, REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
     knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
     _fwd_program(
-        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
-        D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
-        ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
-        N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
-        s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z,
-        HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT, BLOCK_D,
-        BLOCK_T, N_PAD, UNROLL_N,
+        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C, D_ptr + k *
+        dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out, ckpt_ptr + k * dir_ckpt,
+        last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L, N, GROUP_B, GROUP_C,
+        SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob,
+        s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0,
+        SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N,
     )
 
 
@@ -282,84 +280,70 @@ def selective_scan_fwd_kernel(
     next's (0 for a tensor the directions share)."""
     if DIRECTIONS == 1:
         _fwd_route(
-            0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr,
-            last_ptr,
+            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
             seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub,
-            s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3,
-            s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE,
-            ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_state,
-            dir_out, dir_ckpt, dir_seg, REVERSE, False,
+            s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
+            s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
+            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out,
+            dir_ckpt, dir_seg, REVERSE, False,
         )
     else:
         k = tl.program_id(2)
         if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
             if k == 0:
                 _fwd_route(
-                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
+                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
+                    s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
+                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A, dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             else:
                 _fwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                    ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
+                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt,
+                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _fwd_route(
-                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
+                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
+                    s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
+                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A, dir_B,
                     dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             elif k == 1:
                 _fwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, True,
+                    ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
+                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt,
+                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, True,
                 )
             elif k == 2:
                 _fwd_route(
                     2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                    ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
+                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt,
+                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
                 )
             else:
                 _fwd_route(
                     3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                    ckpt_ptr,
-                    last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
-                    MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
-                    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR,
-                    C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt, dir_A,
-                    dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, True,
+                    ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
+                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, dir_u, dir_dt,
+                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, True,
                 )
 
 
@@ -587,15 +571,14 @@ def _bwd_route(
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
     knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
     _bwd_program(
-        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
-        D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g, dlast_ptr + k * dir_state,
-        ckpt_ptr + k * dir_ckpt, seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, du_ptr + k * dir_du,
-        ddt_ptr + k * dir_ddt, dz_ptr + k * dir_dz, dA_ptr + k * dir_part, dB_ptr + k * dir_dB, dC_ptr + k * dir_dC,
-        dD_ptr + k * dir_row, dbias_ptr + k * dir_row, dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS,
-        DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd,
-        s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS,
-        HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE, CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS,
-        ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C, D_ptr + k *
+        dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g, dlast_ptr + k * dir_state, ckpt_ptr + k * dir_ckpt,
+        seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, du_ptr + k * dir_du, ddt_ptr + k * dir_ddt, dz_ptr + k *
+        dir_dz, dA_ptr + k * dir_part, dB_ptr + k * dir_dB, dC_ptr + k * dir_dC, dD_ptr + k * dir_row, dbias_ptr + k *
+        dir_row, dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES,
+        N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+        s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE,
+        CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
     )
 
 
@@ -621,89 +604,81 @@ def selective_scan_bwd_kernel(
     """Backward launch; same grid, directions and dir_* offsets as the forward."""
     if DIRECTIONS == 1:
         _bwd_route(
-            0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
-            seg_e_ptr,
-            seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N,
-            GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut,
-            s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1,
-            s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY,
-            SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A,
-            dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
-            dir_dB, dir_dC, dir_row, REVERSE, False,
+            0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr,
+            seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B,
+            GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td,
+            s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
+            HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ,
+            BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
+            dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, REVERSE, False,
         )
     else:
         k = tl.program_id(2)
         if DIRECTIONS == 2:  # bidirectional: 0 forward in time, 1 reverse
             if k == 0:
                 _bwd_route(
-                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
+                    s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
             else:
                 _bwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _bwd_route(
-                    0 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
+                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
+                    s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
             elif k == 1:
                 _bwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
                 )
             elif k == 2:
                 _bwd_route(
                     2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
             else:
                 _bwd_route(
                     3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
-                    ckpt_ptr,
-                    seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
-                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR,
-                    C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T,
-                    N_PAD, CKPT_RATIO, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-                    dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
+                    s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
+                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
                 )
