@@ -98,12 +98,16 @@ def _bi_setup(ctx, inputs, output):
     *tensors, delta_softplus, combine = inputs
     _, y2, ckpt, seg_p = output
     ctx.save_for_backward(y2, *tensors, ckpt, seg_p)
+    ctx.mark_non_differentiable(y2, ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
+    ctx.set_materialize_grads(False)
     ctx.flags = (delta_softplus, combine, deterministic_mode())
 
 
 def _bi_backward(ctx, dout, dy2, dckpt, dseg_p):
     y2, *tensors, ckpt, seg_p = ctx.saved_tensors
     delta_softplus, combine, deterministic = ctx.flags
+    if dout is None:  # the output was not used
+        dout = tensors[0].new_zeros((2, *tensors[0].shape) if combine == "stack" else tensors[0].shape)
     du, ddelta, dA, dB, dC, dD, dbias, dz = _bi_bwd(dout, y2, *tensors, ckpt, seg_p, delta_softplus, combine,
                                                     deterministic)
     has_d, has_bias, has_z = tensors[10] is not None, tensors[12] is not None, tensors[14] is not None
@@ -202,12 +206,16 @@ def _x2d_setup(ctx, inputs, output):
     u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic = inputs
     _, ckpt, seg_p = output
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt, seg_p)
+    ctx.mark_non_differentiable(ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
+    ctx.set_materialize_grads(False)
     ctx.flags = (height, delta_softplus, deterministic)
 
 
 def _x2d_backward(ctx, dout, dckpt, dseg_p):
     u, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
     height, delta_softplus, deterministic = ctx.flags
+    if dout is None:  # the output was not used
+        dout = torch.zeros_like(u)
     du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
                                                  delta_softplus, deterministic)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,

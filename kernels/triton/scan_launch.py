@@ -119,6 +119,12 @@ def _scaled_steps(steps: dict[str, int]) -> dict:
     return {**{k: v // scale for k, v in steps.items()}, "DIR_SCALE": scale}
 
 
+def _gather_flip(tile) -> bool:
+    """Whether the kernels reverse tiles with tl.gather for right-to-left scans: inside one warp a gather is a few
+    shuffles, while across warps it goes through shared memory and barriers (then Triton's own reverse scan)."""
+    return tile.num_warps == 1
+
+
 def _input_steps(dirs: list[ScanInputs]) -> dict[str, int]:
     names = dict(u="dir_u", delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
     return {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
@@ -174,7 +180,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
                 BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, num_warps=tile.num_warps,
-                UNROLL_N=plan.fwd_unroll)
+                UNROLL_N=plan.fwd_unroll, GATHER_FLIP=_gather_flip(tile), CKPT_T=plan.ckpt_len)
     dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]
@@ -276,7 +282,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
-                num_warps=tile.num_warps)
+                num_warps=tile.num_warps, GATHER_FLIP=_gather_flip(tile))
     dummy = ddelta
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy, dout]

@@ -12,27 +12,36 @@ from dataclasses import dataclass
 import torch
 
 # Tile shapes (time steps, channels, warps), forward and backward separately, from the H200 sweeps of 2026-11-29
-# (BENCHMARKS.md). One-warp programs make the forward fastest (no cross-warp barriers in the scans and
-# reductions); the backward keeps more live tiles and wants fewer elements per thread. A backward tile is a
-# whole number of forward tiles, because it starts from the forward's tile-entry checkpoints.
+# (BENCHMARKS.md). One-warp programs have no cross-warp barriers, and inside one warp a right-to-left scan reverses
+# its tiles with tl.gather (scan_kernels._linear_scan), so both kernels use them at every length. The forward
+# checkpoints its state every min(forward, backward) steps, so the backward's tile may be shorter than the forward's.
 #
 # The forward's loop over states is unrolled UNROLL times (tl.range's loop_unroll_factor): 4 sped the forward up at
 # L >= 2048 (session 5: 0.94 -> 0.91 ms at (8, 3072, 2048, 16), 0.57 -> 0.51 ms at (8, 768, 4096, 16)) and slowed it
 # at L = 197 (0.59 -> 0.70 ms). Unrolling the backward's loop was slower at every shape (more live registers).
 TILE_PLANS = (
     # (max L, max rows or None, forward (T, D, W), backward (T, D, W), forward UNROLL)
-    (256, None, (128, 4, 1), (128, 4, 1), 1),          # short sequences (Vim at 224 px: L = 197); session-3 sweep
-    (16384, None, (1024, 1, 1), (1024, 2, 4), 4),      # mid lengths; session-3 sweep
-    # long sequences: two-warp forward programs give the parallelism without segments (session 5, at (2, 512,
-    # 131072, 16): 5.80 / 29.6 ms fwd / fwd+bwd against 7.64 / 32.2 with the earlier 256-step tiles and segments)
-    (None, None, (1024, 1, 2), (1024, 2, 4), 4),
+    # short sequences (Vim at 224 px: L = 197), session 6 at (64, 768, 197, 16): fwd / fwd+bwd 0.577 / 1.941 ms,
+    # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1
+    (256, None, (128, 2, 1), (64, 2, 1), 1),
+    # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
+    # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
+    (16384, None, (1024, 1, 1), (256, 2, 1), 4),
+    # long sequences: two-warp forward programs give the parallelism without segments (session 5); session 6 at
+    # (2, 512, 131072, 16): 5.030 / 15.327 ms against 4.622 / 18.149 with the backward tile 1024:2:4 and 5.044 /
+    # 19.946 with 256:2:1 (half the programs)
+    (None, None, (1024, 1, 2), (256, 1, 1), 4),
 )
-# Launches of several directions (bidirectional: 2, 2D routes: 4) keep the session-3 tiles without unrolling: the 2D
-# four-route forward at (64, 192, 56, 56, 16) took 16.0 ms with the forward unrolled 4 times against 12.8 ms without
-# (session 5, same H200 call). The single-direction plan's long tiles were not measured on multi-direction launches.
+# Launches of several directions (bidirectional: 2, 2D routes: 4) do not unroll the forward: the 2D four-route forward
+# at (64, 192, 56, 56, 16) took 16.0 ms unrolled 4 times against 12.8 ms without (session 5, same H200 call). Their
+# tiles, from session 6's same-call comparisons of fwd+bwd ms (the single-direction tiles / these):
 MULTI_DIRECTION_PLANS = (
+    # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200)
     (256, None, (128, 4, 1), (128, 4, 1), 1),
-    (16384, None, (1024, 1, 1), (1024, 2, 4), 1),
+    # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
+    # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
+    (16384, None, (1024, 1, 1), (256, 2, 1), 1),
+    # fused bidirectional (2, 512, 131072, 16): 40.37 ms with the single-direction long tiles / 32.86 with these
     (None, None, (256, 1, 1), (256, 2, 1), 1),
 )
 
@@ -56,14 +65,16 @@ class KernelTile:
 class LaunchPlan:
     """How one call is cut into programs.
 
-    fwd / bwd: the two kernels' tiles (bwd.block_t = ckpt_ratio x fwd.block_t). fwd_unroll: unroll factor of the
-    forward's loop over states. n_tiles: forward tiles
-    per row (= checkpoints per row). Segments of seg_len steps (a multiple of bwd.block_t) run in parallel.
+    fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
+    loop over states. The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles
+    checkpoints per row, ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a
+    multiple of both tiles) run in parallel.
     """
 
     fwd: KernelTile
     bwd: KernelTile
     fwd_unroll: int
+    ckpt_len: int
     ckpt_ratio: int
     n_tiles: int
     seg_len: int
@@ -87,8 +98,9 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _target_programs(device: torch.device) -> int:
-    # Two backward programs fill an SM (the backward uses ~255 registers a thread), and a segment costs a second
-    # pass over its steps: at (2, 512, 131072, 16) two segments made the backward 29.2 ms against 23.8 without.
+    # A segment costs a second pass over its steps, and more programs did not pay for it: at (2, 512, 131072, 16),
+    # one-warp backward tiles 256:1:1 (1024 programs), fwd+bwd took 15.3 ms in one segment against 22.0 / 21.0 ms
+    # in 2 / 3 segments (session 6; session 5 with 4-warp tiles: backward 23.8 ms in one segment, 29.2 in two).
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return 1  # interpreter: segments only when a test forces them
@@ -103,7 +115,7 @@ def _next_pow2(n: int) -> int:
 
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "BWD_BLOCK_T", "BWD_BLOCK_D",
-                                                     "BWD_WARPS", "FWD_UNROLL"))
+                                                     "BWD_WARPS", "FWD_UNROLL", "PROGRAMS"))
 
 
 def _env_tile(values: tuple[str | None, ...], default: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -116,7 +128,8 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 
     Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS set the
     forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set),
-    MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor;
+    MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
+    which long rows are split into segments;
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -138,24 +151,30 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     if force_seg_len is not None:  # tests: segments shorter than a tile need shorter tiles
         cap = min(cap, _next_pow2(force_seg_len))
     fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
-    if bwd_t % fwd_t:
-        raise ValueError(f"selective scan tiles: the backward's {bwd_t} steps must be a multiple of the "
-                         f"forward's {fwd_t}")
+    if max(fwd_t, bwd_t) % min(fwd_t, bwd_t):
+        raise ValueError(f"selective scan tiles: the forward's {fwd_t} steps and the backward's {bwd_t} must divide "
+                         "one another")
     if groups > 1:  # a tile must not straddle two groups of B/C
         fwd_d = _largest_pow2_divisor(dim // groups, fwd_d)
         bwd_d = _largest_pow2_divisor(dim // groups, bwd_d)
-    n_tiles = -(-length // fwd_t)
-    bwd_tiles = -(-length // bwd_t)
+    # The forward checkpoints the state every ckpt_len steps, the shorter of the two tiles: a backward tile starts
+    # from the checkpoint of the interval it begins with (ckpt_ratio intervals per backward tile).
+    ckpt_len = min(fwd_t, bwd_t)
+    n_tiles = -(-length // ckpt_len)
+    unit = max(fwd_t, bwd_t)  # segments hold whole tiles of both kernels
+    units = -(-length // unit)
     if force_seg_len is not None:
-        seg_tiles = max(1, force_seg_len // bwd_t)
+        seg_units = max(1, force_seg_len // unit)
     else:
         # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
         rows = batch * -(-dim // bwd_d) * directions
-        wanted = max(1, -(-_target_programs(device) // rows))
-        seg_tiles = max(-(-4096 // bwd_t), -(-bwd_tiles // wanted))
-    seg_tiles = min(seg_tiles, bwd_tiles)
-    n_seg = -(-bwd_tiles // seg_tiles)
+        target = int(overrides[7] or 0) or _target_programs(device)
+        wanted = max(1, -(-target // rows))
+        seg_units = max(-(-4096 // unit), -(-units // wanted))
+    seg_units = min(seg_units, units)
+    n_seg = -(-units // seg_units)
     return LaunchPlan(
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d)), bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d)),
-        fwd_unroll=unroll, ckpt_ratio=bwd_t // fwd_t, n_tiles=n_tiles, seg_len=seg_tiles * bwd_t, n_seg=n_seg,
+        fwd_unroll=unroll, ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
+        seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))
