@@ -12,16 +12,18 @@ for every tile loops over the N states:
     y += h * C_n
 
 so each B/C row is loaded once for BLOCK_D channels, the state lives in registers, and the exp2 is
-the only transcendental per (d, t, n). The (BLOCK_D, N) state that enters each tile is written to a
-small checkpoint tensor (batch, dim, n_tiles, N) fp32; backward recomputes the tile from it instead
-of keeping per-step states.
+the only transcendental per (d, t, n). The (BLOCK_D, N) state is written every CKPT_T steps (the
+shorter of the two kernels' tiles) to a small checkpoint tensor (batch, dim, n_tiles, N) fp32;
+backward recomputes its tile from the checkpoint instead of keeping per-step states.
 
 Long sequences with few rows are split into segments that run in parallel: a cheap first pass
 (STATE_ONLY) computes each segment's end state from a zero start plus its total decay
 exp2(A * log2(e) * sum(dt)); the full pass then rebuilds its exact entry state by combining the
 earlier segments in order (a short loop per program). Backward mirrors this for the dh carry.
 
-Reverse scans (h_t depends on t..L-1) walk tiles and scans right to left; no flipped copies.
+Reverse scans (h_t depends on t..L-1) walk tiles and scans right to left; no flipped copies in memory.
+Inside one-warp programs (GATHER_FLIP) a right-to-left scan reverses its register tiles with tl.gather,
+which is cheaper than Triton's own reverse scan (see `_linear_scan`).
 
 Several directions in one launch (the grid's third axis): `_fwd_program` / `_bwd_program` hold one direction's
 work; the entry kernels call them once per direction, with direction k's tensors at k * dir_* elements from
@@ -29,8 +31,13 @@ direction 0's (the bidirectional scan: forward then reverse; the 2D cross-scan: 
 A column route reads an (H, W) row-major map through `_positions` (step t -> pixel (t % H) * W + t // H), and
 routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ).
 
-The backward's tile may span several forward tiles (CKPT_RATIO); it starts from the checkpoint of the first
-forward tile it covers in scan order.
+The backward's tile may span several checkpoint intervals (CKPT_RATIO); it starts from the checkpoint of
+the first interval it covers in scan order.
+
+Atomics are relaxed (`sem="relaxed"`): each is an independent fp32 add, and the default acq_rel ordering put a
+GPU-wide memory fence after every dB/dC atomic of the backward's loop over states. At (8, 3072, 2048, 16) with
+the session-5 tiles, where nothing else changed for that launch, fwd+bwd took 8.51 ms in session 5 and 5.53 ms
+relaxed in session 6 (two H200 sessions, not one run).
 
 Tails: steps outside [0, L) get dt = 0 and u = 0, i.e. the identity step (a = 1, x = 0), so the
 state after the last valid step, and every checkpoint, is exact.
@@ -47,7 +54,8 @@ LOG2E = tl.constexpr(1.4426950408889634)  # globals used in @jit code must be co
 FWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_state", "dir_out",
                          "dir_ckpt", "dir_seg"]
 BWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_g", "dir_state",
-                         "dir_ckpt", "dir_seg", "dir_du", "dir_ddt", "dir_dz", "dir_part", "dir_dB", "dir_dC", "dir_row"]
+                         "dir_ckpt", "dir_seg", "dir_du", "dir_ddt", "dir_dz", "dir_part", "dir_dB", "dir_dC",
+                         "dir_row"]
 
 
 @triton.jit
@@ -336,8 +344,8 @@ def selective_scan_fwd_kernel(
             seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub,
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
             s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
-            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out,
-            dir_ckpt, dir_seg, REVERSE, False,
+            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
+            dir_state, dir_out, dir_ckpt, dir_seg, REVERSE, False,
         )
     else:
         k = tl.program_id(2)
@@ -348,8 +356,8 @@ def selective_scan_fwd_kernel(
                     seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
-                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             else:
                 _fwd_route(
@@ -357,8 +365,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt,
-                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    True, False,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -367,8 +376,8 @@ def selective_scan_fwd_kernel(
                     seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
-                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B,
-                    dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
                 )
             elif k == 1:
                 _fwd_route(
@@ -376,8 +385,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt,
-                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, True,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    False, True,
                 )
             elif k == 2:
                 _fwd_route(
@@ -385,8 +395,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt,
-                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, False,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    True, False,
                 )
             else:
                 _fwd_route(
@@ -394,8 +405,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt,
-                    dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, True, True,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    True, True,
                 )
 
 
@@ -543,7 +555,8 @@ def _bwd_program(
                     col_b = tl.sum(d_bn, axis=0)
                     # dB buffer: (batch, DB_ROWS, N, L) fp32, rows = groups (atomic) or channel tiles
                     if ATOMIC_BC:
-                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + pos, col_b, mask=mask_t, sem="relaxed")
+                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + pos, col_b, mask=mask_t,
+                                      sem="relaxed")
                     else:
                         tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + pos, col_b, mask=mask_t)
                 else:
@@ -551,7 +564,8 @@ def _bwd_program(
                 if C_VAR:
                     col_c = tl.sum(d_cn, axis=0)
                     if ATOMIC_BC:
-                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + pos, col_c, mask=mask_t, sem="relaxed")
+                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + pos, col_c, mask=mask_t,
+                                      sem="relaxed")
                     else:
                         tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + pos, col_c, mask=mask_t)
                 else:
@@ -653,8 +667,8 @@ def selective_scan_bwd_kernel(
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
-    GATHER_FLIP: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64,
-    dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
+    GATHER_FLIP: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64,
+    dir_D: tl.int64, dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
     dir_row: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
@@ -667,8 +681,9 @@ def selective_scan_bwd_kernel(
             GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td,
             s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
             HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ,
-            BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state,
-            dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, REVERSE, False,
+            BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
+            dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, REVERSE,
+            False,
         )
     else:
         k = tl.program_id(2)
@@ -680,9 +695,9 @@ def selective_scan_bwd_kernel(
                     DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
             else:
                 _bwd_route(
@@ -691,9 +706,9 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -703,9 +718,9 @@ def selective_scan_bwd_kernel(
                     DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
             elif k == 1:
                 _bwd_route(
@@ -714,9 +729,9 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
                 )
             elif k == 2:
                 _bwd_route(
@@ -725,9 +740,9 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
             else:
                 _bwd_route(
@@ -736,7 +751,7 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt,
-                    dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
                 )
