@@ -148,6 +148,18 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_unroll == 2
 
 
+def test_segment_target_override(monkeypatch):
+    """Long rows are split into segments only when there are fewer backward programs than the device's target;
+    MAMBASUITE_SCAN_PROGRAMS sets that target (segments stay >= 4096 steps and hold whole tiles of both kernels)."""
+    device = torch.device(DEVICE)
+    if DEVICE == "cpu":  # the interpreter's target is 1 program: no segments unless asked for
+        assert triton_scan.plan_launch(1, 8, 65536, 4, 1, device).n_seg == 1
+    monkeypatch.setenv("MAMBASUITE_SCAN_PROGRAMS", "64")
+    plan = triton_scan.plan_launch(1, 8, 65536, 4, 1, device)  # 8 one-channel backward programs per row
+    assert plan.n_seg == 8 and plan.seg_len == 8192
+    assert plan.seg_len % plan.fwd.block_t == 0 and plan.seg_len % plan.bwd.block_t == 0
+
+
 def test_unrolled_forward_matches_float64_loop(monkeypatch):
     """An unroll factor that does not divide N (3 into 4 states) leaves a remainder iteration: still exact. (The CPU
     interpreter ignores the unroll factor, so on CPU this checks the plumbing; compiled, it checks the unrolled loop.)"""
