@@ -171,7 +171,8 @@ def _fwd_program(
     """Forward scan of one (batch row, channel tile, segment).
 
     STATE_ONLY: write only the segment's end state (zero start) and its decay product into
-    seg_h/seg_p. Otherwise write out, the tile-entry checkpoints and (last segment) last_state.
+    seg_h/seg_p. Otherwise write out, the state entering every CKPT_T-step interval (the checkpoints;
+    BLOCK_T / CKPT_T of them per tile) and (last segment) last_state.
     """
     pid = tl.program_id(0)
     seg = tl.program_id(1)
@@ -428,8 +429,9 @@ def _bwd_program(
 ):
     """Backward of one (batch row, channel tile, segment), tiles in reverse scan order.
 
-    BLOCK_T is a multiple (CKPT_RATIO) of the forward's tile, whose entry states are the checkpoints
-    (N_TILES of them per row): the backward may use a longer tile and its own channel tile and warps.
+    BLOCK_T spans CKPT_RATIO of the forward's checkpoint intervals (N_TILES of them per row, one every
+    min(forward, backward tile) steps), so the backward has its own tile length, channel tile and warps.
+    GATHER_FLIP: one-warp programs run the right-to-left scan on tiles reversed with tl.gather (_linear_scan).
 
     The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
     e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
