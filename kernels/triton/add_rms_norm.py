@@ -119,6 +119,9 @@ def _setup_context(ctx, inputs, output):
     x, residual, weight, eps, res_dtype = inputs
     _, new_res, rstd = output
     ctx.save_for_backward(new_res, rstd, weight)
+    # rstd is internal; an unused output's gradient stays None (the kernel then skips it) instead of zeros
+    ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)
     ctx.x_dtype = x.dtype
     ctx.res_in_dtype = residual.dtype if residual is not None else None
 

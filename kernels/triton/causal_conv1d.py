@@ -378,6 +378,7 @@ def _(x, weight, bias, initial_states, dout, dfinal, silu, reverse):
 def _setup_context(ctx, inputs, output):
     x, weight, bias, initial_states, silu, reverse, return_final_states = inputs
     ctx.save_for_backward(x, weight, bias, initial_states)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zeros allocated and read)
     ctx.silu, ctx.reverse, ctx.return_final_states = silu, reverse, return_final_states
 
 

@@ -83,3 +83,21 @@ def test_backward_is_bitwise_reproducible(backend):
         (out.sum() + new_res.square().sum()).backward()
         grads.append([t.grad.clone() for t in (x, res, w)])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("used", ["out", "residual"])
+def test_gradient_through_one_output_only(used):
+    """A loss on one of the two outputs: the other's gradient is None (not a zeros tensor) and the result still
+    matches the float64 formula."""
+    x, res, w = _inputs((6, 40), torch.float32, True, seed=5)
+    out, new_res = add_rms_norm(x, res, w, 1e-5, backend="triton")
+    x64, res64, w64 = (t.detach().double().requires_grad_() for t in (x, res, w))
+    ref_out, ref_res = _formula64(x64, res64, w64, 1e-5)
+    (out if used == "out" else new_res).double().pow(2).sum().backward()
+    (ref_out if used == "out" else ref_res).pow(2).sum().backward()
+    for ours, ref in ((x, x64), (res, res64)):
+        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-4, atol=1e-4)
+    if used == "out":
+        torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-4)
+    else:
+        assert w.grad is None or not w.grad.any()
