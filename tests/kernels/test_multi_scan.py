@@ -190,6 +190,40 @@ def test_cross_scan_triton_matches_float64_reference(monkeypatch, height, width,
     assert not bad, bad
 
 
+@pytest.mark.parametrize("fwd_warps,bwd_warps", [(1, 1), (2, 1), (1, 2)])
+def test_multi_direction_forward_tile_longer_than_backward_tile(monkeypatch, fwd_warps, bwd_warps):
+    """The 2D launch at mid lengths runs a forward tile four times the backward's (checkpoints inside the forward
+    tile, the ones past the map masked), on all four routes; one-warp programs reverse the right-to-left routes
+    with tl.gather. Also the bidirectional launch under the same tiles."""
+    for key, value in dict(BLOCK_T=64, BLOCK_D=2, WARPS=fwd_warps, BWD_BLOCK_T=16, BWD_BLOCK_D=2,
+                           BWD_WARPS=bwd_warps).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    g = torch.Generator().manual_seed(17)
+    ins = _map_inputs(1, 4, 9, 11, 4, g)  # 99 steps per route: two forward tiles, seven checkpoints
+    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
+    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
+    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (expected * w).sum().backward()
+    errors = {"out": _err(out, expected), **{f"d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}}
+    fwd, rev = _direction(1, 4, 99, 4, g), _direction(1, 4, 99, 4, g)
+    z = torch.randn(1, 4, 99, generator=g).to(DEVICE)
+    out_b, leaves, zz = _run_bidirectional(fwd, rev, z, "add", "triton")
+    ref_b, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "add", "reference", cast=F64)
+    wb = torch.randn(out_b.shape, dtype=F64, generator=g).to(DEVICE)
+    (out_b.to(F64) * wb).sum().backward()
+    (ref_b * wb).sum().backward()
+    errors["bidir out"] = _err(out_b, ref_b)
+    errors["bidir dz"] = _err(zz.grad, ref_z.grad)
+    for k in leaves:
+        for i in range(2):
+            errors[f"bidir d{k}[{i}]"] = _err(leaves[k][i].grad, ref_leaves[k][i].grad)
+    bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
+    assert not bad, bad
+
+
 def test_cross_scan_bf16_map():
     g = torch.Generator().manual_seed(8)
     ins = _map_inputs(1, 8, 6, 5, 4, g, dtype=torch.bfloat16)
