@@ -101,3 +101,18 @@ def test_gradient_through_one_output_only(used):
         torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-4)
     else:
         assert w.grad is None or not w.grad.any()
+
+
+def test_unused_residual_output_sends_no_gradient(monkeypatch):
+    """With only `out` in the loss, the residual output's gradient reaches the backward as None (the kernel then
+    skips it), and rstd is non-differentiable."""
+    import mambasuite.kernels.triton.add_rms_norm as triton_norm
+
+    x, res, w = _inputs((4, 32), torch.float32, True, seed=9)
+    _, _, rstd = triton_norm._fwd(x, res, w, 1e-5, torch.float32)
+    assert not rstd.requires_grad
+    seen = []
+    real_bwd = triton_norm._bwd
+    monkeypatch.setattr(triton_norm, "_bwd", lambda g, gr, *rest: seen.append(gr) or real_bwd(g, gr, *rest))
+    add_rms_norm(x, res, w, 1e-5, backend="triton")[0].sum().backward()
+    assert seen == [None]

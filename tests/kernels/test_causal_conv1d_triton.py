@@ -302,3 +302,18 @@ def test_gradient_through_one_output_only(used):
             assert (ref is None or not ref.any()) and (ours is None or not ours.any())
         else:
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unused_final_states_send_no_gradient(monkeypatch):
+    """With return_final_states and only `out` in the loss, the final states' gradient reaches the backward as
+    None (no zeros tensor allocated and read by the kernel)."""
+    import mambasuite.kernels.triton.causal_conv1d as triton_conv
+
+    x, w, b, s = _make(1, 4, 9, 3, channel_last=False, bias=True, h0=True, seed=11)
+    seen = []
+    real_bwd = triton_conv._bwd
+    monkeypatch.setattr(triton_conv, "_bwd", lambda x_, w_, b_, s_, dout, dfinal, *rest: seen.append(dfinal)
+                        or real_bwd(x_, w_, b_, s_, dout, dfinal, *rest))
+    out, _ = causal_conv1d(x, w, b, SILU, initial_states=s, return_final_states=True, backend="triton")
+    out.sum().backward()
+    assert seen == [None]

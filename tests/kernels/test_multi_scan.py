@@ -318,3 +318,17 @@ def test_bidirectional_reads_directions_at_aligned_and_unaligned_offsets(monkeyp
         errors[f"d{k}[1]"] = _err(buf.grad[start:].view(rev[k].shape), ref_leaves[k][1].grad)
     bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
     assert not bad, bad
+
+
+def test_bidirectional_internal_outputs_carry_no_gradient():
+    """The stacked outputs kept for "mul", the checkpoints and the segment products are non-differentiable, so
+    autograd allocates no zero gradients for them."""
+    import mambasuite.kernels.triton.multi_scan as triton_multi
+
+    g = torch.Generator().manual_seed(5)
+    fwd, rev = _direction(1, 4, 12, 2, g), _direction(1, 4, 12, 2, g)
+    flat = [t.requires_grad_() for name in ("u", "delta", "A", "B", "C", "D", "delta_bias")
+            for t in (fwd[name], rev[name])]
+    out, kept, ckpt, seg_p = triton_multi._bi_fwd(*flat, None, True, "mul")
+    assert out.requires_grad and kept.numel() > 0
+    assert not (kept.requires_grad or ckpt.requires_grad or seg_p.requires_grad)

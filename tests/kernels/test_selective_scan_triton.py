@@ -246,3 +246,42 @@ def test_gradient_through_one_output_only(used):
         got = ours[k].grad.to(F64) if ours[k].grad is not None else torch.zeros_like(want)
         err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-2)).item()
         assert err < TOL[torch.float32], (k, err)
+
+
+def test_checkpoints_carry_no_gradient_and_unused_outputs_send_none(monkeypatch):
+    """The forward's checkpoints and segment products are internal (non-differentiable), and the gradient of an
+    output the loss does not use reaches the backward as None, not as a materialised zeros tensor."""
+    inp = {k: v.requires_grad_() for k, v in _inputs(1, 4, 20, 4, "variable", seed=43).items() if v is not None}
+    _, last, ckpt, seg_p = triton_scan._fwd(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
+                                            inp["delta_bias"], None, True, False)
+    assert last.requires_grad and not ckpt.requires_grad and not seg_p.requires_grad
+    seen = []
+    real_bwd = triton_scan._bwd
+    monkeypatch.setattr(triton_scan, "_bwd", lambda dout, dlast, *rest: seen.append(dlast) or real_bwd(dout, dlast,
+                                                                                                      *rest))
+    selective_scan(**inp, delta_softplus=True, backend="triton").sum().backward()
+    assert seen == [None]
+
+
+def test_every_triton_atomic_is_relaxed():
+    """Triton's default atomic ordering (acq_rel) puts a GPU-wide fence after each atomic; the kernels' atomics are
+    independent adds and must say sem="relaxed". (The CPU interpreter ignores memory ordering, so this reads the
+    kernel sources.)"""
+    import pathlib
+    import re
+
+    import mambasuite.kernels.triton as kernels_pkg
+
+    calls = []
+    for path in pathlib.Path(kernels_pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for match in re.finditer(r"tl\.atomic_\w+\(", text):
+            depth, end = 0, match.end() - 1
+            for end in range(match.end() - 1, len(text)):  # the call's closing parenthesis
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            calls.append((path.name, text[match.start():end + 1]))
+    assert calls, "no atomics found: the scan's backward uses them"
+    bad = [(name, call) for name, call in calls if 'sem="relaxed"' not in call]
+    assert not bad, bad
