@@ -138,40 +138,43 @@ def check_determinism(shape, dtype, device) -> bool:
         torch.use_deterministic_algorithms(prev)
 
 
-def parse_configs(text: str) -> list[tuple[int, ...]]:
-    """'256:8:4,1024:1:1/1024:2:4' -> [(block_t, block_d, warps[, bwd_t, bwd_d, bwd_warps]), ...].
+def parse_configs(text: str) -> list[tuple[tuple[int, ...], ...]]:
+    """'256:8:4,1024:1:1/256:2:1:128' -> [((256, 8, 4),), ((1024, 1, 1), (256, 2, 1, 128))].
 
-    A config sets the forward's tile, and the backward's too unless a second triple follows a '/'.
+    A config is the forward's tile BLOCK_T:BLOCK_D:WARPS[:MAXNREG], and the backward's after a '/' (without one
+    the forward's tile serves both kernels). MAXNREG caps the kernel's registers per thread (Triton's `maxnreg`).
     """
     configs = []
     for item in filter(None, (x.strip() for x in text.split(","))):
-        parts = [p for half in item.split("/") for p in half.split(":")]
-        if len(parts) not in (3, 6) or item.count("/") > 1 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"--configs: expected BLOCK_T:BLOCK_D:WARPS[/BWD_T:BWD_D:BWD_WARPS] with positive "
-                             f"integers, got {item!r}")
-        configs.append(tuple(int(p) for p in parts))
+        halves = [half.split(":") for half in item.split("/")]
+        if len(halves) > 2 or not all(len(h) in (3, 4) and all(p.isdigit() and int(p) > 0 for p in h)
+                                      for h in halves):
+            raise ValueError(f"--configs: expected BLOCK_T:BLOCK_D:WARPS[:MAXNREG][/BWD_T:BWD_D:BWD_WARPS[:MAXNREG]] "
+                             f"with positive integers, got {item!r}")
+        configs.append(tuple(tuple(int(p) for p in h) for h in halves))
     return configs
 
 
-def config_label(config: tuple[int, ...]) -> str:
-    """(256, 8, 4) -> '256:8:4'; six numbers -> 'fwd/bwd'."""
-    text = ":".join(map(str, config[:3]))
-    return text + ("/" + ":".join(map(str, config[3:])) if len(config) == 6 else "")
+def config_label(config: tuple[tuple[int, ...], ...]) -> str:
+    """((256, 8, 4),) -> '256:8:4'; two tiles -> 'fwd/bwd'."""
+    return "/".join(":".join(map(str, half)) for half in config)
 
 
-_TILE_KEYS = ("MAMBASUITE_SCAN_BLOCK_T", "MAMBASUITE_SCAN_BLOCK_D", "MAMBASUITE_SCAN_WARPS",
-              "MAMBASUITE_SCAN_BWD_BLOCK_T", "MAMBASUITE_SCAN_BWD_BLOCK_D", "MAMBASUITE_SCAN_BWD_WARPS")
+_TILE_KEYS = ("MAMBASUITE_SCAN_BLOCK_T", "MAMBASUITE_SCAN_BLOCK_D", "MAMBASUITE_SCAN_WARPS", "MAMBASUITE_SCAN_MAXNREG",
+              "MAMBASUITE_SCAN_BWD_BLOCK_T", "MAMBASUITE_SCAN_BWD_BLOCK_D", "MAMBASUITE_SCAN_BWD_WARPS",
+              "MAMBASUITE_SCAN_BWD_MAXNREG")
 
 
 @contextlib.contextmanager
-def _tile_override(config: tuple[int, ...] | None):
+def _tile_override(config: tuple[tuple[int, ...], ...] | None):
     """Set the scan's tile environment overrides for the duration of one measurement."""
     saved = {k: os.environ.get(k) for k in _TILE_KEYS}
     try:
         if config is not None:
             for k in _TILE_KEYS:
                 os.environ.pop(k, None)
-            os.environ.update({k: str(v) for k, v in zip(_TILE_KEYS, config)})
+            for keys, half in zip((_TILE_KEYS[:4], _TILE_KEYS[4:]), config):
+                os.environ.update({k: str(v) for k, v in zip(keys, half)})
         yield
     finally:
         for k, v in saved.items():
@@ -353,8 +356,8 @@ def main_scan(argv: list[str]) -> int:
     p.add_argument("--backends", default="triton,mamba_ssm", help="comma-separated: triton, mamba_ssm, reference")
     p.add_argument("--check", action="store_true", help="also check correctness vs the fp32 reference")
     p.add_argument("--configs", default="", help="Triton tile configs to sweep instead of the default plan, "
-                   "comma-separated BLOCK_T:BLOCK_D:WARPS, optionally /BWD_T:BWD_D:BWD_WARPS for the backward "
-                   "(e.g. 256:8:4,1024:1:1/1024:2:4)")
+                   "comma-separated BLOCK_T:BLOCK_D:WARPS[:MAXNREG], optionally /BWD_T:BWD_D:BWD_WARPS[:MAXNREG] for "
+                   "the backward; MAXNREG caps registers per thread (e.g. 256:8:4,1024:1:1/64:2:1:128)")
     p.add_argument("--out", default="runs/bench", help="output folder for scan.json / scan.md")
     args = p.parse_args(argv)
     try:

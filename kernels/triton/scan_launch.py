@@ -89,7 +89,7 @@ def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
     return step
 
 
-_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas"}
+_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg"}
 _CHECKED_LAUNCHES: set = set()  # (kernel name, positional count, keyword names) already checked
 
 
@@ -117,6 +117,11 @@ def _scaled_steps(steps: dict[str, int]) -> dict:
     same script in two calls)."""
     scale = 16 if all(v % 16 == 0 for v in steps.values()) else 1
     return {**{k: v // scale for k, v in steps.items()}, "DIR_SCALE": scale}
+
+
+def _tile_options(tile) -> dict:
+    """Launch options of a kernel tile: warps, and the register cap when the plan sets one."""
+    return dict(num_warps=tile.num_warps, **({"maxnreg": tile.max_regs} if tile.max_regs else {}))
 
 
 def _gather_flip(tile) -> bool:
@@ -179,7 +184,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
         *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
-                BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, num_warps=tile.num_warps,
+                BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, **_tile_options(tile),
                 UNROLL_N=plan.fwd_unroll, GATHER_FLIP=_gather_flip(tile), CKPT_T=plan.ckpt_len)
     dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
@@ -282,7 +287,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
-                num_warps=tile.num_warps, GATHER_FLIP=_gather_flip(tile))
+                GATHER_FLIP=_gather_flip(tile), **_tile_options(tile))
     dummy = ddelta
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy, dout]

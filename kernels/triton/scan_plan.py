@@ -20,10 +20,12 @@ import torch
 # L >= 2048 (session 5: 0.94 -> 0.91 ms at (8, 3072, 2048, 16), 0.57 -> 0.51 ms at (8, 768, 4096, 16)) and slowed it
 # at L = 197 (0.59 -> 0.70 ms). Unrolling the backward's loop was slower at every shape (more live registers).
 TILE_PLANS = (
-    # (max L, max rows or None, forward (T, D, W), backward (T, D, W), forward UNROLL)
+    # (max L, max rows or None, forward (T, D, W[, max_regs]), backward (T, D, W[, max_regs]), forward UNROLL)
     # short sequences (Vim at 224 px: L = 197), session 6 at (64, 768, 197, 16): fwd / fwd+bwd 0.577 / 1.941 ms,
-    # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1
-    (256, None, (128, 2, 1), (64, 2, 1), 1),
+    # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1. Session 7 (one H200 call):
+    # capping both kernels at 128 registers (16 resident warps per SM instead of 12) gave 0.518 / 1.751 ms against
+    # 0.586 / 1.939 uncapped; 96 registers spill and were slower (1.991).
+    (256, None, (128, 2, 1, 128), (64, 2, 1, 128), 1),
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
     (16384, None, (1024, 1, 1), (256, 2, 1), 4),
@@ -53,12 +55,14 @@ def deterministic_mode() -> bool:
 
 @dataclass(frozen=True)
 class KernelTile:
-    """One kernel's program shape: block_d channels x block_t steps, num_warps warps, n_dtiles channel tiles."""
+    """One kernel's program shape: block_d channels x block_t steps, num_warps warps, n_dtiles channel tiles;
+    max_regs caps the registers per thread (Triton's `maxnreg`; 0 leaves the choice to ptxas)."""
 
     block_t: int
     block_d: int
     num_warps: int
     n_dtiles: int
+    max_regs: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,11 @@ class LaunchPlan:
     n_pad: int
 
 
-def _default_tiles(rows: int, length: int, directions: int) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+def _default_tiles(rows: int, length: int, directions: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """The plan row's forward and backward tiles as (T, D, W, max_regs), and the forward's unroll factor."""
     for max_len, max_rows, fwd, bwd, unroll in TILE_PLANS if directions == 1 else MULTI_DIRECTION_PLANS:
         if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
-            return fwd, bwd, unroll
+            return (*fwd, 0)[:4], (*bwd, 0)[:4], unroll
     raise AssertionError("every plan table must end with a catch-all row")
 
 
@@ -114,20 +119,26 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-_TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "BWD_BLOCK_T", "BWD_BLOCK_D",
-                                                     "BWD_WARPS", "FWD_UNROLL", "PROGRAMS"))
+_TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T",
+                                                     "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS"))
 
 
-def _env_tile(values: tuple[str | None, ...], default: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(int(v or 0) or d for v, d in zip(values, default))
+def _env_tile(values: tuple[str | None, ...], default: tuple[int, ...]) -> tuple[int, ...]:
+    """A tile (T, D, W, max_regs) from its four overrides. A register cap belongs to the tile it was measured with,
+    so an overridden tile drops the default's cap unless the cap is overridden too."""
+    if not any(values):
+        return default
+    tile = tuple(int(v or 0) or d for v, d in zip(values[:3], default[:3]))
+    return (*tile, int(values[3] or 0))
 
 
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device,
                 directions: int = 1) -> LaunchPlan:
     """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
 
-    Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS set the
-    forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS are set),
+    Tiles come from TILE_PLANS (H200 sweeps). Overrides: MAMBASUITE_SCAN_BLOCK_T / _BLOCK_D / _WARPS / _MAXNREG set
+    the forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS /
+    _BWD_MAXNREG are set),
     MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
     which long rows are split into segments;
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
@@ -143,10 +154,10 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
     fwd_default, bwd_default, unroll = _default_tiles(batch * dim, length, directions)
-    env_fwd = any(overrides[:3])
-    fwd_t, fwd_d, fwd_w = _env_tile(overrides[:3], fwd_default)
-    bwd_t, bwd_d, bwd_w = _env_tile(overrides[3:6], (fwd_t, fwd_d, fwd_w) if env_fwd else bwd_default)
-    unroll = int(overrides[6] or 0) or unroll
+    env_fwd = any(overrides[:4])
+    fwd_t, fwd_d, fwd_w, fwd_r = _env_tile(overrides[:4], fwd_default)
+    bwd_t, bwd_d, bwd_w, bwd_r = _env_tile(overrides[4:8], (fwd_t, fwd_d, fwd_w, fwd_r) if env_fwd else bwd_default)
+    unroll = int(overrides[8] or 0) or unroll
     cap = max(16, _next_pow2(length))
     if force_seg_len is not None:  # tests: segments shorter than a tile need shorter tiles
         cap = min(cap, _next_pow2(force_seg_len))
@@ -168,13 +179,14 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     else:
         # Enough programs to fill the GPU; each segment costs a state pass, so keep them >= 4096 steps.
         rows = batch * -(-dim // bwd_d) * directions
-        target = int(overrides[7] or 0) or _target_programs(device)
+        target = int(overrides[9] or 0) or _target_programs(device)
         wanted = max(1, -(-target // rows))
         seg_units = max(-(-4096 // unit), -(-units // wanted))
     seg_units = min(seg_units, units)
     n_seg = -(-units // seg_units)
     return LaunchPlan(
-        fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d)), bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d)),
+        fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
+        bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
         fwd_unroll=unroll, ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

@@ -148,6 +148,35 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_unroll == 2
 
 
+def test_register_caps_from_the_plan_and_overrides(monkeypatch):
+    """Short sequences cap both kernels at 128 registers per thread (faster on the H200); an overridden tile drops
+    the default cap unless MAMBASUITE_SCAN_MAXNREG / _BWD_MAXNREG set one; mid lengths leave registers to ptxas."""
+    device = torch.device(DEVICE)
+    short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+    assert (short.fwd.max_regs, short.bwd.max_regs) == (128, 128)
+    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).bwd.max_regs == 0
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_BLOCK_T", "32")
+    overridden = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+    assert (overridden.fwd.max_regs, overridden.bwd.block_t, overridden.bwd.max_regs) == (128, 32, 0)
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_MAXNREG", "96")
+    assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd.max_regs == 96
+
+
+def test_register_capped_launch_matches_float64_loop(monkeypatch):
+    """The cap reaches the launch as Triton's `maxnreg` option (checked against the kernels' parameters by the
+    launcher); the compiled kernels must stay exact under it."""
+    from mambasuite.kernels.triton import scan_launch
+
+    seen = []
+    real = scan_launch._launch
+    monkeypatch.setattr(scan_launch, "_launch", lambda kernel, grid, *a, **kw: (seen.append(kw.get("maxnreg")),
+                                                                               real(kernel, grid, *a, **kw)))
+    for key, value in dict(BLOCK_T=16, BLOCK_D=2, WARPS=1, MAXNREG=128, BWD_MAXNREG=96).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    _compare(_inputs(2, 4, 40, 4, "variable", h0=True, seed=37), reverse=False)
+    assert 128 in seen and 96 in seen
+
+
 def test_segment_target_override(monkeypatch):
     """Long rows are split into segments only when there are fewer backward programs than the device's target;
     MAMBASUITE_SCAN_PROGRAMS sets that target (segments stay >= 4096 steps and hold whole tiles of both kernels)."""
