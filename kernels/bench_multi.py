@@ -12,6 +12,9 @@ cross2d: VMamba's four-route scan over a (batch, dim, H, W) map:
                   order, as VMamba's projections produce them), a torch merge back to the map;
   ours-pipe       the same pipeline with our single scan in place of mamba-ssm's.
 Times are medians of `triton.testing.do_bench` (fwd, and fwd+bwd of a sum); peak memory over fwd+bwd.
+--check also compares the fused op's output and every input gradient with the PyTorch reference run in fp32 on
+the same inputs and the same output gradient (max error relative to the reference's largest magnitude; bf16
+tolerance 3e-2, the scan issue's).
 """
 
 from __future__ import annotations
@@ -97,6 +100,35 @@ def _case(result, name, impl, shape, run, leaves, device):
         torch.cuda.empty_cache()
 
 
+CHECK_TOL = 3e-2  # bf16 inputs, as `bench scan --check`
+
+
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+def _check(label: str, op, tensors: dict, device) -> dict:
+    """op(tensors, backend) with backend "triton" on `tensors` vs "reference" on fp32 copies: output and the
+    gradient of every floating tensor, for one random output gradient (rounded to the output's dtype, so that
+    both sides receive the same values)."""
+    ours = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
+    ref = {k: v.detach().float().clone().requires_grad_() for k, v in tensors.items()}
+    out = op(ours, "triton")
+    expected = op(ref, "reference")
+    g = torch.Generator(device=device).manual_seed(7)
+    grad = torch.randn(expected.shape, generator=g, device=device).to(out.dtype)
+    out.backward(grad)
+    expected.backward(grad.float())
+    errs = {"out": _max_rel(out, expected)}
+    errs.update({"d" + k: _max_rel(ours[k].grad, ref[k].grad) for k in tensors})
+    worst = max(errs, key=errs.get)
+    result = dict(shape=label, max_rel_err=errs, worst=worst, tolerance=CHECK_TOL, **{"pass": errs[worst] <= CHECK_TOL})
+    del ours, ref, out, expected
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def _header(what: str, device) -> dict:
     import triton
 
@@ -108,7 +140,8 @@ def _header(what: str, device) -> dict:
     except Exception:  # noqa: BLE001 - optional peer
         versions["mamba_ssm"] = None
     return {"benchmark": what, "date": _dt.date.today().isoformat(), "device": name,
-            "versions": versions, "dtype": "bfloat16 (A, D, delta_bias fp32)", "cases": [], "ratios": []}
+            "versions": versions, "dtype": "bfloat16 (A, D, delta_bias fp32)", "cases": [], "ratios": [],
+            "checks": []}
 
 
 def _ratios(result, ours: str, peers: list[str]):
@@ -135,10 +168,17 @@ def _markdown(result: dict, title: str) -> str:
     lines += ["", "| case | metric | peer | peer / ours |", "|---|---|---|---:|"]
     for r in result["ratios"]:
         lines.append(f"| {r['ours']} | {r['metric']} | {r['peer']} | {r['ratio']:.2f}x |")
+    if result["checks"]:
+        lines += ["", "Fused op vs the fp32 PyTorch reference (max relative error over the output and every gradient):",
+                  ""]
+        for c in result["checks"]:
+            verdict = "pass" if c["pass"] else "FAIL"
+            lines.append(f"- {c['shape']}: {verdict} (worst {c['worst']} {c['max_rel_err'][c['worst']]:.2e}, "
+                         f"tolerance {c['tolerance']})")
     return "\n".join(lines)
 
 
-def bench_bidir(shapes, device="cuda") -> dict:
+def bench_bidir(shapes, device="cuda", check: bool = False) -> dict:
     device = torch.device(device)
     result = _header("bidir", device)
     for shape in shapes:
@@ -165,11 +205,19 @@ def bench_bidir(shapes, device="cuda") -> dict:
 
         for impl, run in (("ours-fused", fused), ("ours-two-calls", two_calls), ("mamba_ssm-flip", flips)):
             _case(result, f"{label}/{impl}", impl, label, run, leaves, device)
+        if check:
+            named = {f"{k}_{side}": pair[i] for k, pair in pairs.items() for i, side in enumerate(("fwd", "rev"))}
+            named["z"] = z
+
+            def op(t, backend):
+                return bidirectional_scan(**{k: (t[f"{k}_fwd"], t[f"{k}_rev"]) for k in pairs}, z=t["z"],
+                                          combine="add", delta_softplus=True, backend=backend)
+            result["checks"].append(_check(label, op, named, device))
     _ratios(result, "ours-fused", ["ours-two-calls", "mamba_ssm-flip"])
     return result
 
 
-def bench_cross2d(shapes, device="cuda") -> dict:
+def bench_cross2d(shapes, device="cuda", check: bool = False) -> dict:
     device = torch.device(device)
     result = _header("cross2d", device)
     for shape in shapes:
@@ -206,6 +254,12 @@ def bench_cross2d(shapes, device="cuda") -> dict:
         for impl, run in (("ours-fused", fused), ("mamba_ssm-pipe", pipeline("mamba_ssm")),
                           ("ours-pipe", pipeline("triton"))):
             _case(result, f"{label}/{impl}", impl, label, run, leaves, device)
+        if check:
+            def op(t, backend):
+                return cross_scan_2d(t["x"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"],
+                                     delta_softplus=True, backend=backend)
+            result["checks"].append(_check(label, op, dict(x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=bias),
+                                           device))
     _ratios(result, "ours-fused", ["mamba_ssm-pipe", "ours-pipe"])
     return result
 
@@ -216,6 +270,8 @@ def _main(argv, what, default_shapes, smoke_shapes, parts, shape_help, bench, ti
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke: Triton's interpreter)")
     p.add_argument("--smoke", action="store_true", help=f"tiny shapes ({smoke_shapes}): a check that the script runs")
     p.add_argument("--out", default="runs/bench", help=f"output folder for {what}.json / {what}.md")
+    p.add_argument("--check", action="store_true", help="also check the fused op's output and gradients against "
+                   "the fp32 PyTorch reference on the same inputs")
     args = p.parse_args(argv)
     try:
         shapes = _parse(args.shapes or (smoke_shapes if args.smoke else default_shapes), parts, shape_help)
@@ -227,10 +283,11 @@ def _main(argv, what, default_shapes, smoke_shapes, parts, shape_help, bench, ti
         if not args.smoke:
             p.error("--device cpu runs Triton's interpreter: only with --smoke")
         os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported to take effect
-    result = bench(shapes, args.device)
+    result = bench(shapes, args.device, check=args.check)
     result["command"] = f"mamba-suite bench {what} " + " ".join(argv)
     _write(Path(args.out), what, result, _markdown(result, title))
-    return 0 if all(c["status"] == "ok" or c["impl"] != "ours-fused" for c in result["cases"]) else 1
+    fused_ran = all(c["status"] == "ok" or c["impl"] != "ours-fused" for c in result["cases"])
+    return 0 if fused_ran and all(c["pass"] for c in result["checks"]) else 1
 
 
 def main_bidir(argv: list[str]) -> int:

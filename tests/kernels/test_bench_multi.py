@@ -45,3 +45,32 @@ def test_cpu_needs_smoke_and_shapes_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main_cross2d(["--device", "cpu", "--smoke", "--shapes", "2x8x5x6", "--out", str(tmp_path)])
     assert "BxDxHxWxN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main,name", [(main_bidir, "bidir"), (main_cross2d, "cross2d")])
+def test_check_compares_the_fused_op_with_the_reference(tmp_path, main, name):
+    """--check records the fused op's errors against the fp32 reference (output and every input gradient)."""
+    assert main(["--device", "cpu", "--smoke", "--check", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    (check,) = result["checks"]
+    assert check["pass"] and check["max_rel_err"][check["worst"]] <= check["tolerance"] == 3e-2
+    expected = {"out", "du_fwd", "du_rev", "dz", "dB_rev"} if name == "bidir" else {"out", "dx", "ddelta", "dA", "dC"}
+    assert expected <= set(check["max_rel_err"])
+    assert "pass (worst" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_check_fails_a_wrong_fused_output(tmp_path, monkeypatch):
+    """A fused op 5% off the reference fails the check, and the command exits non-zero."""
+    from mambasuite.kernels import bench_multi
+
+    real = bench_multi.bidirectional_scan
+
+    def off_by_5_percent(*args, backend="auto", **kwargs):
+        out = real(*args, backend=backend, **kwargs)
+        return out * 1.05 if backend == "triton" else out
+
+    monkeypatch.setattr(bench_multi, "bidirectional_scan", off_by_5_percent)
+    assert main_bidir(["--device", "cpu", "--smoke", "--check", "--out", str(tmp_path)]) == 1
+    (check,) = json.loads((tmp_path / "bidir.json").read_text())["checks"]
+    assert not check["pass"] and check["max_rel_err"]["out"] > 3e-2
+    assert "FAIL" in (tmp_path / "bidir.md").read_text()
