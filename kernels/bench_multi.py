@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import bidirectional_scan, cross_scan_2d, selective_scan
-from .benchmark import _peak_mib, _write
+from .benchmark import _max_rel, _peak_mib, _write
 
 BIDIR_SHAPES = "64x768x197x16,2x512x131072x16"
 CROSS_SHAPES = "64x192x56x56x1,64x192x56x56x16,64x384x28x28x1"
@@ -101,10 +101,6 @@ def _case(result, name, impl, shape, run, leaves, device):
 
 
 CHECK_TOL = 3e-2  # bf16 inputs, as `bench scan --check`
-
-
-def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
 def _check(label: str, op, tensors: dict, device) -> dict:
