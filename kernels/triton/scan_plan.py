@@ -153,6 +153,9 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 @functools.lru_cache(maxsize=1024)
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
+    for key, value in zip(_TILE_ENV, overrides):  # checked here, once per distinct setting (the plan is cached)
+        if value and not value.strip().isdigit():
+            raise ValueError(f"{key}={value!r}: expected a non-negative integer")
     fwd_default, bwd_default, unroll = _default_tiles(batch * dim, length, directions)
     env_fwd = any(overrides[:4])
     fwd_t, fwd_d, fwd_w, fwd_r = _env_tile(overrides[:4], fwd_default)

@@ -162,6 +162,13 @@ def test_register_caps_from_the_plan_and_overrides(monkeypatch):
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd.max_regs == 96
 
 
+@pytest.mark.parametrize("key,value", [("MAMBASUITE_SCAN_BWD_MAXNREG", "lots"), ("MAMBASUITE_SCAN_BLOCK_T", "-64")])
+def test_malformed_tile_override_is_named(monkeypatch, key, value):
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=f"{key}='{value}': expected a non-negative integer"):
+        triton_scan.plan_launch(2, 8, 197, 4, 1, torch.device(DEVICE))
+
+
 def test_register_capped_launch_matches_float64_loop(monkeypatch):
     """The cap reaches the launch as Triton's `maxnreg` option (checked against the kernels' parameters by the
     launcher); the compiled kernels must stay exact under it."""
