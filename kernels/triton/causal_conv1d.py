@@ -5,14 +5,22 @@ Math (DIR = +1 causal, -1 anti-causal; xs = x with `initial_states` h0 at t = -(
     dpre[t] = dout[t] * silu'(pre[t]);  dx[t] = sum_s w[W-1-s] * dpre[t + DIR*s]  (+ d final_states)
     dw[k] = sum_{b,t} dpre[t] * xs[t + DIR*(k - (W-1))];  dbias = sum_{b,t} dpre[t];  dh0 = dx at t < 0.
 
-Tiles: one program per (batch, BLOCK_D channels, BLOCK_L steps). x is read in place through its strides
-(no copy): for channel-first x (L contiguous) the tile is long along L; for channel-last x (a transposed
-(batch, L, dim) tensor, dim contiguous) it is wide along dim, so every load of the W shifted taps is a
-contiguous row segment. Outputs (out, dx, final_states) follow x's layout: channel-last in, channel-last out.
+Tiles: one program per (batch, BLOCK_D channels, BLOCK_L steps) in the forward, per (batch, BLOCK_D
+channels, a group of consecutive BLOCK_L tiles) in the backward. x is read in place through its strides (no
+copy); outputs (out, dx, final_states) follow x's layout: channel-last in, channel-last out.
 
-Shifted taps are re-loaded (L1/L2 hits) rather than shuffled in registers; the backward recomputes pre at
-the W positions t..t+DIR*(W-1) it needs, so it stores nothing between forward and backward but x.
-dweight/dbias: each program reduces its tile in registers and writes one partial per (batch, L tile);
+Chunks: each thread owns runs of 4 consecutive steps. A tap k of output t reads xs[t + DIR*(k - (W-1))], so
+the 4 outputs of a chunk need xs from at most one chunk before and one after it; the backward also needs
+dout one chunk ahead (causal) or back. Those chunks are loaded whole and the shifted values picked in
+registers, instead of one shifted (misaligned) load per tap and output:
+  * channel-first x (L contiguous): one (BLOCK_D, BLOCK_L) load per set of chunks (the tile's own, the one
+    before, the one after), 4-8 steps per thread as vector loads, split in registers into 4 per-step
+    tensors by reshape + split (no shuffles or shared memory when rows are 16-byte aligned, checked in the
+    sm_90 SASS; unaligned rows, e.g. L = 197 in bf16, load scalars and pay a layout conversion);
+  * channel-last x (dim contiguous): 4 row loads per chunk, each coalesced along dim.
+The backward recomputes pre where it needs it (it stores nothing between forward and backward but x);
+repeated terms are the same expressions, which the compiler merges.
+dweight/dbias: each backward program sums its tiles in registers and writes one partial per (batch, group);
 the partials are summed in a fixed order (deterministic, no atomics).
 """
 
@@ -64,8 +72,8 @@ def _column(ptr, d1, dim, stride):
 
 @triton.jit
 def _weights(w_ptr, d1, dim, s_wd, s_wk, W: tl.constexpr):
-    """The W taps of channels d1 as four (BLOCK_D, 1) fp32 columns (zeros for k >= W): one (BLOCK_D, 4)
-    load (a row of taps is contiguous), split in registers."""
+    """The W taps of channels d1 as a 4-tuple of (BLOCK_D, 1) fp32 columns (zeros for k >= W): one
+    (BLOCK_D, 4) load (a row of taps is contiguous), split in registers."""
     k = tl.arange(0, 4)[None, :]
     blk = tl.load(w_ptr + d1[:, None] * s_wd + k * s_wk, mask=(d1[:, None] < dim) & (k < W), other=0.0)
     blk = blk.to(tl.float32)
@@ -73,85 +81,107 @@ def _weights(w_ptr, d1, dim, s_wd, s_wk, W: tl.constexpr):
     w1 = tl.sum(tl.where(k == 1, blk, 0.0), axis=1)[:, None]
     w2 = tl.sum(tl.where(k == 2, blk, 0.0), axis=1)[:, None]
     w3 = tl.sum(tl.where(k == 3, blk, 0.0), axis=1)[:, None]
-    return w0, w1, w2, w3
+    return (w0, w1, w2, w3)
 
 
 @triton.jit
-def _pick(a, b, c, e, i: tl.constexpr):
-    """The i-th of four values, i a compile-time constant (tap k of w0..w3)."""
-    if i == 0:
-        return a
-    if i == 1:
-        return b
-    if i == 2:
-        return c
-    return e
+def _split4(v, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(BLOCK_D, 4*BLOCK_R) -> 4-tuple of (BLOCK_D, BLOCK_R): column 4r + k goes to element k of the tuple.
+
+    The reshapes keep element order and each split takes an in-thread pair, so a vector load of four (or
+    more) steps per thread becomes four registers without shuffles or shared memory (sm_90 SASS)."""
+    even, odd = tl.split(tl.reshape(v, (BLOCK_D, 2 * BLOCK_R, 2)))
+    c0, c2 = tl.split(tl.reshape(even, (BLOCK_D, BLOCK_R, 2)))
+    c1, c3 = tl.split(tl.reshape(odd, (BLOCK_D, BLOCK_R, 2)))
+    return (c0, c1, c2, c3)
 
 
 @triton.jit
-def _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
-              s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
-              W: tl.constexpr, DIR: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr):
-    """dx at positions t (without the d final_states term), and this tile's sums over t of dpre (dbias)
-    and of dpre * tap k (dweight), each a (BLOCK_D, 1) column. bias, w0..w3: (BLOCK_D, 1) fp32 columns.
+def _join4(c, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The inverse of `_split4`: a 4-tuple of (BLOCK_D, BLOCK_R) -> (BLOCK_D, 4*BLOCK_R)."""
+    even = tl.reshape(tl.join(c[0], c[2]), (BLOCK_D, 2 * BLOCK_R))
+    odd = tl.reshape(tl.join(c[1], c[3]), (BLOCK_D, 2 * BLOCK_R))
+    return tl.reshape(tl.join(even, odd), (BLOCK_D, 4 * BLOCK_R))
 
-    Walks s = 0..W-1 over the positions t + DIR*s that reach t through the taps, keeping a sliding window
-    of W inputs: pre at t + DIR*s needs xs[t + DIR*(s + k - (W-1))], k = 0..W-1.
-    """
+
+@triton.jit
+def _chunks(ptr, h0_ptr, base, h0_base, d, lo, dim, L, s_d, s_l, s_hd, s_hl, W: tl.constexpr, HAS_H0: tl.constexpr,
+            VEC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """xs at positions lo + 4r + k, r < BLOCK_R, as a 4-tuple (k = 0..3) of (BLOCK_D, BLOCK_R) fp32 chunks.
+
+    VEC (L is the unit-stride axis): one (BLOCK_D, 4*BLOCK_R) load, four steps per thread, split in registers.
+    Otherwise (channel-last: dim is the unit-stride axis) four loads, each a set of whole rows."""
+    if VEC:
+        t = lo + tl.arange(0, 4 * BLOCK_R)[None, :]
+        return _split4(_tap(ptr, h0_ptr, base, h0_base, d, t, lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
+                       BLOCK_D, BLOCK_R)
+    t = lo + 4 * tl.arange(0, BLOCK_R)[None, :]
+    return (_tap(ptr, h0_ptr, base, h0_base, d, t, lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
+            _tap(ptr, h0_ptr, base, h0_base, d, t + 1, lo + 1, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
+            _tap(ptr, h0_ptr, base, h0_base, d, t + 2, lo + 2, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
+            _tap(ptr, h0_ptr, base, h0_base, d, t + 3, lo + 3, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0))
+
+
+@triton.jit
+def _store_chunks(ptr, base, d, lo, vals, dim, hi, s_d, s_l, add_ptr, add_base, add_lo, s_ad, s_al,
+                  HAS_ADD: tl.constexpr, W: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_R: tl.constexpr):
+    """Store vals[k] (4-tuple of (BLOCK_D, BLOCK_R) fp32) at positions p = lo + 4r + k with 0 <= p < hi.
+
+    HAS_ADD: first add add_ptr[p - add_lo] where 0 <= p - add_lo < W-1 (the gradient of the final states,
+    which are copies of the last W-1 inputs)."""
     dm = d < dim
-    # the window at s = 0: taps k = 0..W-1 at offsets DIR*(k - (W-1))
-    xa = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (0 - (W - 1)), t_lo + DIR * (0 - (W - 1)), dim, L,
-              s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
-    xb = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (1 - (W - 1)), t_lo + DIR * (1 - (W - 1)), dim, L,
-              s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
-    xc = tl.zeros_like(xa)
-    xd = tl.zeros_like(xa)
-    if W >= 3:
-        xc = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (2 - (W - 1)), t_lo + DIR * (2 - (W - 1)), dim, L,
-                  s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
-    if W >= 4:
-        xd = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * (3 - (W - 1)), t_lo + DIR * (3 - (W - 1)), dim, L,
-                  s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
-    dx = tl.zeros_like(xa)
-    db = tl.zeros(d.shape, tl.float32)
-    dw0 = db
-    dw1 = db
-    dw2 = db
-    dw3 = db
-    for s in tl.static_range(W):
-        if s > 0:  # slide: drop tap 0, tap W-1 is the input at t + DIR*s
-            new = _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + DIR * s, t_lo + DIR * s, dim, L,
-                       s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
-            xa = xb
-            if W == 2:
-                xb = new
-            elif W == 3:
-                xb = xc
-                xc = new
-            else:
-                xb = xc
-                xc = xd
-                xd = new
-        pre = bias + w0 * xa + w1 * xb
-        if W >= 3:
-            pre += w2 * xc
-        if W >= 4:
-            pre += w3 * xd
-        p = t + DIR * s
-        g = tl.load(g_ptr + g_base + d * s_gd + p * s_gl, mask=dm & (p >= 0) & (p < L), other=0.0).to(tl.float32)
-        if SILU:
-            sg = _sigmoid(pre)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
-        dx += _pick(w0, w1, w2, w3, W - 1 - s) * g
-        if s == 0:  # reduce now so that the taps of t need not stay live (g is 0 past L)
-            db = tl.sum(g, axis=1)[:, None]
-            dw0 = tl.sum(g * xa, axis=1)[:, None]
-            dw1 = tl.sum(g * xb, axis=1)[:, None]
-            if W >= 3:
-                dw2 = tl.sum(g * xc, axis=1)[:, None]
-            if W >= 4:
-                dw3 = tl.sum(g * xd, axis=1)[:, None]
-    return dx, db, dw0, dw1, dw2, dw3
+    if VEC:
+        p = lo + tl.arange(0, 4 * BLOCK_R)[None, :]
+        v = _join4(vals, BLOCK_D, BLOCK_R)
+        if HAS_ADD:
+            i = p - add_lo
+            v += tl.load(add_ptr + add_base + d * s_ad + i * s_al, mask=dm & (i >= 0) & (i < W - 1) & (p < hi),
+                         other=0.0).to(tl.float32)
+        tl.store(ptr + base + d * s_d + p * s_l, v.to(ptr.dtype.element_ty), mask=dm & (p >= 0) & (p < hi))
+    else:
+        p0 = lo + 4 * tl.arange(0, BLOCK_R)[None, :]
+        for k in tl.static_range(4):
+            p = p0 + k
+            v = vals[k]
+            if HAS_ADD:
+                i = p - add_lo
+                v += tl.load(add_ptr + add_base + d * s_ad + i * s_al,
+                             mask=dm & (i >= 0) & (i < W - 1) & (p < hi), other=0.0).to(tl.float32)
+            tl.store(ptr + base + d * s_d + p * s_l, v.to(ptr.dtype.element_ty), mask=dm & (p >= 0) & (p < hi))
+
+
+@triton.jit
+def _at(j: tl.constexpr, prev, cur, nxt):
+    """The value at offset j (-4 <= j < 8) from a chunk's first step, from the previous / this / next chunk."""
+    if j < 0:
+        return prev[j + 4]
+    elif j < 4:
+        return cur[j]
+    else:
+        return nxt[j - 4]
+
+
+@triton.jit
+def _pre(j: tl.constexpr, xp, xc, xn, wt, bias, W: tl.constexpr, DIR: tl.constexpr):
+    """The pre-activation at offset j: bias + sum_k w[k] * xs[j + DIR*(k - (W-1))]."""
+    acc = bias + wt[0] * _at(j + DIR * (0 - (W - 1)), xp, xc, xn)
+    for k in tl.static_range(1, W):
+        acc += wt[k] * _at(j + DIR * (k - (W - 1)), xp, xc, xn)
+    return acc
+
+
+@triton.jit
+def _dpre(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
+          SILU: tl.constexpr):
+    """d pre at offset j = dout * silu'(pre) (dout is 0 past L, so dpre is too). Each offset is asked for by
+    up to W outputs; the compiler merges the identical computations."""
+    g = _at(j, gp, gc, gn)
+    if SILU:
+        pre = _pre(j, xp, xc, xn, wt, bias, W, DIR)
+        sg = _sigmoid(pre)
+        g = g * sg * (1.0 + pre * (1.0 - sg))
+    return g
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -159,94 +189,177 @@ def _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt, n_lt,
                      s_xb, s_xd, s_xl, s_wd, s_wk, s_b, s_hb, s_hd, s_hl, s_ob, s_od, s_ol, s_nb, s_nd, s_nl,
                      W: tl.constexpr, DIR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_HN: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                     HAS_HN: tl.constexpr, SILU: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     pid_l = pid % n_lt
     pid_d = (pid // n_lt) % n_dt
     pid_b = (pid // n_lt) // n_dt
     d1 = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d = d1[:, None]
-    t_lo = pid_l * BLOCK_L
-    t = (t_lo + tl.arange(0, BLOCK_L))[None, :]
-    dm = d < dim
+    t_lo = pid_l * (4 * BLOCK_R)
     x_base = pid_b.to(tl.int64) * s_xb
     h0_base = pid_b.to(tl.int64) * s_hb
-    acc = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
+    bias = tl.zeros([BLOCK_D, 1], tl.float32)
     if HAS_BIAS:
-        acc += _column(b_ptr, d1, dim, s_b)
-    w0, w1, w2, w3 = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
-    for k in tl.static_range(W):
-        off = DIR * (k - (W - 1))  # tap k of position t reads xs[t + off]
-        acc += _pick(w0, w1, w2, w3, k) * _tap(x_ptr, h0_ptr, x_base, h0_base, d, t + off, t_lo + off, dim, L,
-                                               s_xd, s_xl, s_hd, s_hl, W, HAS_H0)
+        bias = _column(b_ptr, d1, dim, s_b)
+    wt = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
+    # the chunk before (causal taps) and after (anti-causal taps) this one; the unused one is never loaded
+    xp = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    xc = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    xn = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    o0 = _pre(0, xp, xc, xn, wt, bias, W, DIR)
+    o1 = _pre(1, xp, xc, xn, wt, bias, W, DIR)
+    o2 = _pre(2, xp, xc, xn, wt, bias, W, DIR)
+    o3 = _pre(3, xp, xc, xn, wt, bias, W, DIR)
     if SILU:
-        acc = acc * _sigmoid(acc)
-    tl.store(out_ptr + pid_b.to(tl.int64) * s_ob + d * s_od + t * s_ol, acc.to(out_ptr.dtype.element_ty),
-             mask=dm & (t < L))
+        o0 = o0 * _sigmoid(o0)
+        o1 = o1 * _sigmoid(o1)
+        o2 = o2 * _sigmoid(o2)
+        o3 = o3 * _sigmoid(o3)
+    _store_chunks(out_ptr, pid_b.to(tl.int64) * s_ob, d, t_lo, (o0, o1, o2, o3), dim, L, s_od, s_ol,
+                  out_ptr, 0, 0, 0, 0, False, W, VEC, BLOCK_D, BLOCK_R)
     if HAS_HN:
         if pid_l == n_lt - 1:  # the last W-1 inputs of xs: the next chunk's initial_states
             j = tl.arange(0, 4)[None, :]
             v = _tap(x_ptr, h0_ptr, x_base, h0_base, d, L - (W - 1) + j, L - (W - 1), dim, L, s_xd, s_xl, s_hd, s_hl,
                      W, HAS_H0)
             tl.store(hn_ptr + pid_b.to(tl.int64) * s_nb + d * s_nd + j * s_nl, v.to(hn_ptr.dtype.element_ty),
-                     mask=dm & (j < W - 1))
+                     mask=(d < dim) & (j < W - 1))
+
+
+@triton.jit
+def _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, s_gd, s_gl,
+                W: tl.constexpr, HAS_H0: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """x and dout one chunk back, here and one chunk ahead of a tile starting at t_lo: (xp, xc, xn, gp, gc, gn).
+
+    pre at the W positions that reach each output needs x one chunk back and one ahead, dout one chunk ahead
+    (causal) or back (anti-causal); loads the direction does not use are dropped by the compiler."""
+    xp = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    xc = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    xn = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+                 BLOCK_D, BLOCK_R)
+    gp = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo - 4, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
+    gc = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
+    gn = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo + 4, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
+    return xp, xc, xn, gp, gc, gn
+
+
+@triton.jit
+def _dx_at(i: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
+           SILU: tl.constexpr):
+    """dx at offset i of a chunk: sum_s w[W-1-s] * dpre[i + DIR*s]."""
+    acc = wt[W - 1] * _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+    for s in tl.static_range(1, W):
+        acc += wt[W - 1 - s] * _dpre(i + DIR * s, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+    return acc
+
+
+@triton.jit
+def _dw_at(k: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
+           SILU: tl.constexpr):
+    """Per-chunk sum over its 4 positions of dpre * tap k (the dweight[k] contribution), or of dpre alone
+    (dbias) for k = W."""
+    acc = tl.zeros_like(xc[0])
+    for i in tl.static_range(4):
+        if k == W:
+            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        else:
+            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU) * _at(i + DIR * (k - (W - 1)), xp, xc, xn)
+    return acc
 
 
 @triton.jit
 def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_ptr, dw_ptr, db_ptr,
-                     dim, L, n_dt, n_lt,
+                     dim, L, n_dt, n_lg, tiles,
                      s_xb, s_xd, s_xl, s_wd, s_wk, s_b, s_hb, s_hd, s_hl, s_gb, s_gd, s_gl, s_nb, s_nd, s_nl,
                      s_dxb, s_dxd, s_dxl, s_db0, s_dd0, s_dl0,
                      W: tl.constexpr, DIR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_DHN: tl.constexpr, NEED_DH0: tl.constexpr, SILU: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                     HAS_DHN: tl.constexpr, NEED_DH0: tl.constexpr, SILU: tl.constexpr, VEC: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One program per (batch, BLOCK_D channels, group of `tiles` consecutive L tiles): dx of every tile, and one
+    partial of dweight / dbias for the whole group (a group, not a tile, so the partials stay small)."""
     pid = tl.program_id(0)
-    pid_l = pid % n_lt
-    pid_d = (pid // n_lt) % n_dt
-    pid_b = (pid // n_lt) // n_dt
+    pid_g = pid % n_lg
+    pid_d = (pid // n_lg) % n_dt
+    pid_b = (pid // n_lg) // n_dt
     d1 = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d = d1[:, None]
-    t_lo = pid_l * BLOCK_L
-    t = (t_lo + tl.arange(0, BLOCK_L))[None, :]
-    dm = d < dim
     x_base = pid_b.to(tl.int64) * s_xb
     h0_base = pid_b.to(tl.int64) * s_hb
     g_base = pid_b.to(tl.int64) * s_gb
-    w0, w1, w2, w3 = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
+    n_base = pid_b.to(tl.int64) * s_nb
+    wt = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
     bias = tl.zeros([BLOCK_D, 1], tl.float32)
     if HAS_BIAS:
         bias = _column(b_ptr, d1, dim, s_b)
-    dx, db, dw0, dw1, dw2, dw3 = _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t, t_lo, dim, L,
-                                           s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
-                                           W, DIR, HAS_H0, SILU)
-    if HAS_DHN:  # final_states[i] is xs at L-(W-1)+i: its gradient flows back to those inputs
-        i = t - (L - (W - 1))
-        dx += tl.load(dhn_ptr + pid_b.to(tl.int64) * s_nb + d * s_nd + i * s_nl,
-                      mask=dm & (i >= 0) & (t < L), other=0.0).to(tl.float32)
-    tl.store(dx_ptr + pid_b.to(tl.int64) * s_dxb + d * s_dxd + t * s_dxl, dx.to(dx_ptr.dtype.element_ty),
-             mask=dm & (t < L))
-    # this program's partials of dweight (batch * n_lt, dim, W) and dbias (batch * n_lt, dim)
-    row = (pid_b * n_lt + pid_l).to(tl.int64)
-    part = dw_ptr + row * dim * W + d * W
-    tl.store(part, dw0, mask=dm)
-    tl.store(part + 1, dw1, mask=dm)
+    acc0 = tl.zeros([BLOCK_D, BLOCK_R], tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    accb = acc0
+    for it in range(tiles):
+        t_lo = (pid_g * tiles + it) * (4 * BLOCK_R)  # tiles past L are all masked
+        xp, xc, xn, gp, gc, gn = _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t_lo, dim, L,
+                                             s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, W, HAS_H0, VEC, BLOCK_D, BLOCK_R)
+        dx = (_dx_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
+              _dx_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
+              _dx_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
+              _dx_at(3, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU))
+        _store_chunks(dx_ptr, pid_b.to(tl.int64) * s_dxb, d, t_lo, dx, dim, L, s_dxd, s_dxl,
+                      dhn_ptr, n_base, L - (W - 1), s_nd, s_nl, HAS_DHN, W, VEC, BLOCK_D, BLOCK_R)
+        acc0 += _dw_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        acc1 += _dw_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        if W >= 3:
+            acc2 += _dw_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        if W >= 4:
+            acc3 += _dw_at(3, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        if HAS_BIAS:
+            accb += _dw_at(W, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+    # this program's partials of dweight (batch * n_lg, dim, W) and dbias (batch * n_lg, dim)
+    row = (pid_b * n_lg + pid_g).to(tl.int64)
+    dm1 = d1 < dim
+    part = dw_ptr + row * dim * W + d1 * W
+    tl.store(part, tl.sum(acc0, axis=1), mask=dm1)
+    tl.store(part + 1, tl.sum(acc1, axis=1), mask=dm1)
     if W >= 3:
-        tl.store(part + 2, dw2, mask=dm)
+        tl.store(part + 2, tl.sum(acc2, axis=1), mask=dm1)
     if W >= 4:
-        tl.store(part + 3, dw3, mask=dm)
+        tl.store(part + 3, tl.sum(acc3, axis=1), mask=dm1)
     if HAS_BIAS:
-        tl.store(db_ptr + row * dim + d, db, mask=dm)
-    if NEED_DH0:
-        if pid_l == 0:  # d initial_states: the same sum at the positions -(W-1)..-1
-            j = tl.arange(0, 4)[None, :]
-            dh0, _, _, _, _, _ = _bwd_tile(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, j - (W - 1), 1 - W,
-                                           dim, L, s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, bias, w0, w1, w2, w3,
-                                           W, DIR, HAS_H0, SILU)
-            if HAS_DHN:  # when L < W-1 some final states are initial states
-                dh0 += tl.load(dhn_ptr + pid_b.to(tl.int64) * s_nb + d * s_nd + (j - L) * s_nl,
-                               mask=dm & (j >= L) & (j < W - 1), other=0.0).to(tl.float32)
-            tl.store(dh0_ptr + pid_b.to(tl.int64) * s_db0 + d * s_dd0 + j * s_dl0, dh0.to(dh0_ptr.dtype.element_ty),
-                     mask=dm & (j < W - 1))
+        tl.store(db_ptr + row * dim + d1, tl.sum(accb, axis=1), mask=dm1)
+    if NEED_DH0:  # causal only: d initial_states[j] = d xs at -(W-1) + j, from the first chunk of tile 0
+        if pid_g == 0:
+            xp, xc, xn, gp, gc, gn = _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, 0, dim, L,
+                                                 s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, W, HAS_H0, VEC, BLOCK_D,
+                                                 BLOCK_R)
+            zero = tl.zeros_like(acc0)
+            dh1 = zero
+            dh2 = zero
+            if W >= 3:
+                dh1 = _dh0_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU)
+            if W >= 4:
+                dh2 = _dh0_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU)
+            _store_chunks(dh0_ptr, pid_b.to(tl.int64) * s_db0, d, 0,
+                          (_dh0_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU), dh1, dh2, zero), dim, W - 1,
+                          s_dd0, s_dl0, dhn_ptr, n_base, L, s_nd, s_nl, HAS_DHN, W, VEC, BLOCK_D, BLOCK_R)
+
+
+@triton.jit
+def _dh0_at(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, SILU: tl.constexpr):
+    """d xs at position j - (W-1) < 0 of a chunk starting at t = 0 (causal): sum over the outputs it reaches,
+    t = j - (W-1) + s >= 0, of w[W-1-s] * dpre[t]."""
+    acc = tl.zeros_like(xc[0])
+    for s in tl.static_range(W):
+        if j - (W - 1) + s >= 0:
+            acc += wt[W - 1 - s] * _dpre(j - (W - 1) + s, xp, xc, xn, gp, gc, gn, wt, bias, W, 1, SILU)
+    return acc
 
 
 # ------------------------------------------------------------------------------------------------- host
@@ -279,22 +392,53 @@ def _check_extent(name: str, t: torch.Tensor) -> None:
                          f"offsets reach; split the batch row or use backend='reference'")
 
 
+def _env_block(name: str, default: int, minimum: int) -> int:
+    """An integer tile override from the environment (a power of two >= minimum), or `default`."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected an integer") from None
+    if value < minimum or value & (value - 1):
+        raise ValueError(f"{name}={value}: expected a power of two >= {minimum}")
+    return value
+
+
 def _plan(x: torch.Tensor, backward: bool) -> tuple[int, int, int, int, int]:
-    """(BLOCK_D, BLOCK_L, n_d_tiles, n_l_tiles, num_warps) for x's layout: 2048-element tiles, 8 warps in the
-    backward (it holds W taps and W dout values live; 4 warps would need ~250 registers a thread at W=4).
-    MAMBASUITE_CONV_BLOCK_D / _BLOCK_L / _WARPS override them (tests; sweeps on a GPU)."""
+    """(BLOCK_D, BLOCK_L, n_d_tiles, n_l_tiles, num_warps) for x's layout and pass.
+
+    Channel-first tiles are long along L (four steps per thread, one vector load); channel-last tiles are wide
+    along dim (64 channels = 128-byte rows in bf16). Defaults from H200 sweeps at (8, 1536, 2048) and
+    (2, 1024, 131072), bf16 (BENCHMARKS.md, session 8): 4 warps; 2048-element tiles, except the channel-last
+    backward (it holds three chunks of x and two of dout per thread): 64 x 16.
+    MAMBASUITE_CONV_BLOCK_D / _BLOCK_L / _WARPS override them (tests; sweeps on a GPU),
+    MAMBASUITE_CONV_BWD_BLOCK_D / ... the backward's alone; BLOCK_L is a multiple of the 4-step chunk."""
     _, dim, length = x.shape
-    if is_channel_last(x):  # contiguous along dim: 64 channels = 128 B rows in bf16
+    if is_channel_last(x):
         block_d = min(64, triton.next_power_of_2(dim))
-        block_l = min(triton.next_power_of_2(length), max(16, 2048 // block_d))
+        block_l = min(max(4, triton.next_power_of_2(length)), (1024 if backward else 2048) // block_d)
     else:
-        block_l = min(256, triton.next_power_of_2(length))
+        block_l = min(256 if backward else 512, max(4, triton.next_power_of_2(length)))
         block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_l))
-    env = os.environ.get
-    block_d = int(env("MAMBASUITE_CONV_BLOCK_D", 0)) or block_d
-    block_l = int(env("MAMBASUITE_CONV_BLOCK_L", 0)) or block_l
-    warps = int(env("MAMBASUITE_CONV_WARPS", 0)) or (8 if backward and block_d * block_l >= 2048 else 4)
+    warps = 4
+    # both passes read the plain names; the backward's MAMBASUITE_CONV_BWD_* take precedence over them
+    for prefix in ("MAMBASUITE_CONV_", "MAMBASUITE_CONV_BWD_") if backward else ("MAMBASUITE_CONV_",):
+        block_d = _env_block(prefix + "BLOCK_D", block_d, 1)
+        block_l = _env_block(prefix + "BLOCK_L", block_l, 4)
+        warps = _env_block(prefix + "WARPS", warps, 1)
     return block_d, block_l, triton.cdiv(dim, block_d), triton.cdiv(length, block_l), warps
+
+
+def _tiles_per_program(n_lt: int) -> int:
+    """L tiles per backward program (MAMBASUITE_CONV_BWD_TILES overrides): up to 16 while >= 64 programs remain
+    along L, so the dweight/dbias partials (one per program) stay a few MB instead of one per tile: with 16-step
+    channel-last tiles at (2, 1024, 131072) they were 335 MB."""
+    tiles = 1
+    while tiles < 16 and n_lt // (2 * tiles) >= 64:
+        tiles *= 2
+    return _env_block("MAMBASUITE_CONV_BWD_TILES", tiles, 1)
 
 
 def _on_device(x: torch.Tensor):
@@ -322,7 +466,8 @@ def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
             *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
             *out.stride(), *_strides(final if return_final_states else None, 3),
             W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
-            HAS_HN=return_final_states, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+            HAS_HN=return_final_states, SILU=silu, VEC=not is_channel_last(x), BLOCK_D=block_d,
+            BLOCK_R=block_l // 4, num_warps=warps)
     return out, final
 
 
@@ -344,21 +489,23 @@ def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     batch, dim, length = x.shape
     width = weight.shape[1]
     block_d, block_l, n_dt, n_lt, warps = _plan(x, backward=True)
+    tiles = _tiles_per_program(n_lt)
+    n_lg = triton.cdiv(n_lt, tiles)
     dx = _empty_in_layout(x)
     dh0 = _empty_in_layout(initial_states) if initial_states is not None else x.new_empty(0)
-    dw_part = torch.empty(batch * n_lt, dim, width, dtype=torch.float32, device=x.device)
-    db_part = torch.empty(batch * n_lt, dim, dtype=torch.float32, device=x.device) if bias is not None else dw_part
+    dw_part = torch.empty(batch * n_lg, dim, width, dtype=torch.float32, device=x.device)
+    db_part = torch.empty(batch * n_lg, dim, dtype=torch.float32, device=x.device) if bias is not None else dw_part
     with _on_device(x):
-        _conv_bwd_kernel[(batch * n_dt * n_lt,)](
+        _conv_bwd_kernel[(batch * n_dt * n_lg,)](
             x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
             dout, dfinal if dfinal is not None else dout, dx, dh0 if initial_states is not None else dx,
-            dw_part, db_part, dim, length, n_dt, n_lt,
+            dw_part, db_part, dim, length, n_dt, n_lg, tiles,
             *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
             *dout.stride(), *_strides(dfinal, 3), *dx.stride(),
             *_strides(dh0 if initial_states is not None else None, 3),
             W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
             HAS_DHN=dfinal is not None, NEED_DH0=initial_states is not None, SILU=silu,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+            VEC=not is_channel_last(x), BLOCK_D=block_d, BLOCK_R=block_l // 4, num_warps=warps)
     dweight = dw_part.sum(0).to(weight.dtype)  # a fixed-order reduction: deterministic
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
     return dx, dweight, dbias, dh0

@@ -119,11 +119,14 @@ def test_matches_float64_formula_and_reference(case):
 
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_many_tiles_per_row(monkeypatch, channel_last, reverse):
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_many_tiles_per_row(monkeypatch, channel_last, reverse, tiles):
     """Forced 4-step x 2-channel tiles: halos across tile edges, partial sums of many programs, the initial
-    states handled by the first tile and the final states by the last one."""
+    states handled by the first tile and the final states by the last one. tiles=2: each backward program
+    loops over two tiles (3 tiles of L=11: the second program's second tile lies wholly past L)."""
     monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "4")
     monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_D", "2")
+    monkeypatch.setenv("MAMBASUITE_CONV_BWD_TILES", str(tiles))
     streaming = not reverse
     ins = _make(2, 5, 11, 4, channel_last=channel_last, bias=True, h0=streaming, seed=3)
     ref64 = _detached(ins, torch.float64)
@@ -317,3 +320,29 @@ def test_unused_final_states_send_no_gradient(monkeypatch):
     out, _ = causal_conv1d(x, w, b, SILU, initial_states=s, return_final_states=True, backend="triton")
     out.sum().backward()
     assert seen == [None]
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("MAMBASUITE_CONV_BLOCK_L", "6", "expected a power of two >= 4"),
+    ("MAMBASUITE_CONV_BLOCK_L", "2", "expected a power of two >= 4"),
+    ("MAMBASUITE_CONV_BWD_WARPS", "four", "expected an integer"),
+    ("MAMBASUITE_CONV_BWD_TILES", "0", "expected a power of two >= 1"),
+])
+def test_bad_tile_override_is_named(monkeypatch, name, value, message):
+    """A malformed tile override raises an error naming the variable (never a silent fallback)."""
+    monkeypatch.setenv(name, value)
+    x, w, b, _ = _make(1, 4, 9, 3, channel_last=False, bias=True, h0=False)
+    with pytest.raises(ValueError, match=f"{name}=.*{message}"):
+        causal_conv1d(x, w, b, SILU, backend="triton").sum().backward()
+
+
+def test_default_tiles_keep_weight_partials_small():
+    """The backward groups L tiles per program so that dweight/dbias partials stay a few per row: at
+    (2, 1024, 131072) channel-last they were one per 16-step tile (335 MB) before grouping."""
+    import mambasuite.kernels.triton.causal_conv1d as tri
+
+    x = torch.empty(2, 131072, 1024, dtype=torch.bfloat16).transpose(1, 2)
+    _, block_l, _, n_lt, _ = tri._plan(x, backward=True)
+    tiles = tri._tiles_per_program(n_lt)
+    assert n_lt == 131072 // block_l and tiles == 16 and -(-n_lt // tiles) <= 512
+    assert tri._tiles_per_program(8) == 1 and tri._tiles_per_program(128) == 2
