@@ -9,15 +9,15 @@ Tiles: one program per (batch, BLOCK_D channels, BLOCK_L steps) in the forward, 
 channels, a group of consecutive BLOCK_L tiles) in the backward. x is read in place through its strides (no
 copy); outputs (out, dx, final_states) follow x's layout: channel-last in, channel-last out.
 
-Chunks: each thread owns runs of 4 consecutive steps. A tap k of output t reads xs[t + DIR*(k - (W-1))], so
-the 4 outputs of a chunk need xs from at most one chunk before and one after it; the backward also needs
-dout one chunk ahead (causal) or back. Those chunks are loaded whole and the shifted values picked in
-registers, instead of one shifted (misaligned) load per tap and output:
-  * channel-first x (L contiguous): one (BLOCK_D, BLOCK_L) load per set of chunks (the tile's own, the one
-    before, the one after), 4-8 steps per thread as vector loads, split in registers into 4 per-step
+Runs: each thread owns runs of RUN consecutive steps (8; 4 in the channel-last forward). A tap k of output t
+reads xs[t + DIR*(k - (W-1))], so the outputs of a run need xs from at most one run before and one after it;
+the backward also needs dout one run ahead (causal) or back. Those runs are loaded whole and the shifted values
+picked in registers, instead of one shifted (misaligned) load per tap and output:
+  * channel-first x (L contiguous): one (BLOCK_D, BLOCK_L) load per set of runs (the tile's own, the one
+    before, the one after), RUN steps per thread as vector loads, split in registers into RUN per-step
     tensors by reshape + split (no shuffles or shared memory when rows are 16-byte aligned, checked in the
     sm_90 SASS; unaligned rows, e.g. L = 197 in bf16, load scalars and pay a layout conversion);
-  * channel-last x (dim contiguous): 4 row loads per chunk, each coalesced along dim.
+  * channel-last x (dim contiguous): RUN row loads per run, each coalesced along dim.
 The backward recomputes pre where it needs it (it stores nothing between forward and backward but x);
 repeated terms are the same expressions, which the compiler merges.
 dweight/dbias: each backward program sums its tiles in registers and writes one partial per (batch, group);
@@ -105,43 +105,72 @@ def _join4(c, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
-def _chunks(ptr, h0_ptr, base, h0_base, d, lo, dim, L, s_d, s_l, s_hd, s_hl, W: tl.constexpr, HAS_H0: tl.constexpr,
-            VEC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
-    """xs at positions lo + 4r + k, r < BLOCK_R, as a 4-tuple (k = 0..3) of (BLOCK_D, BLOCK_R) fp32 chunks.
-
-    VEC (L is the unit-stride axis): one (BLOCK_D, 4*BLOCK_R) load, four steps per thread, split in registers.
-    Otherwise (channel-last: dim is the unit-stride axis) four loads, each a set of whole rows."""
-    if VEC:
-        t = lo + tl.arange(0, 4 * BLOCK_R)[None, :]
-        return _split4(_tap(ptr, h0_ptr, base, h0_base, d, t, lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
-                       BLOCK_D, BLOCK_R)
-    t = lo + 4 * tl.arange(0, BLOCK_R)[None, :]
-    return (_tap(ptr, h0_ptr, base, h0_base, d, t, lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
-            _tap(ptr, h0_ptr, base, h0_base, d, t + 1, lo + 1, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
-            _tap(ptr, h0_ptr, base, h0_base, d, t + 2, lo + 2, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
-            _tap(ptr, h0_ptr, base, h0_base, d, t + 3, lo + 3, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0))
+def _split_runs(v, RUN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(BLOCK_D, RUN*BLOCK_R) -> RUN-tuple of (BLOCK_D, BLOCK_R): column RUN*r + k goes to element k (RUN 4 or 8:
+    an 8-run is split into its even and odd steps first)."""
+    # (an if/else, not an early return: the compiler also builds the code after a constexpr-true return)
+    if RUN == 4:
+        runs = _split4(v, BLOCK_D, BLOCK_R)
+    else:
+        even, odd = tl.split(tl.reshape(v, (BLOCK_D, 4 * BLOCK_R, 2)))
+        e = _split4(even, BLOCK_D, BLOCK_R)
+        o = _split4(odd, BLOCK_D, BLOCK_R)
+        runs = (e[0], o[0], e[1], o[1], e[2], o[2], e[3], o[3])
+    return runs
 
 
 @triton.jit
-def _store_chunks(ptr, base, d, lo, vals, dim, hi, s_d, s_l, add_ptr, add_base, add_lo, s_ad, s_al,
-                  HAS_ADD: tl.constexpr, W: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
-                  BLOCK_R: tl.constexpr):
-    """Store vals[k] (4-tuple of (BLOCK_D, BLOCK_R) fp32) at positions p = lo + 4r + k with 0 <= p < hi.
+def _join_runs(c, RUN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The inverse of `_split_runs`."""
+    if RUN == 4:
+        v = _join4(c, BLOCK_D, BLOCK_R)
+    else:
+        even = _join4((c[0], c[2], c[4], c[6]), BLOCK_D, BLOCK_R)
+        odd = _join4((c[1], c[3], c[5], c[7]), BLOCK_D, BLOCK_R)
+        v = tl.reshape(tl.join(even, odd), (BLOCK_D, 8 * BLOCK_R))
+    return v
+
+
+@triton.jit
+def _runs(ptr, h0_ptr, base, h0_base, d, lo, dim, L, s_d, s_l, s_hd, s_hl, W: tl.constexpr, HAS_H0: tl.constexpr,
+            VEC: tl.constexpr, RUN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """xs at positions lo + RUN*r + k, r < BLOCK_R, as a RUN-tuple (k < RUN) of (BLOCK_D, BLOCK_R) fp32 runs.
+
+    VEC (L is the unit-stride axis): one (BLOCK_D, RUN*BLOCK_R) load, RUN steps per thread, split in registers.
+    Otherwise (channel-last: dim is the unit-stride axis) RUN loads, each a set of whole rows."""
+    if VEC:
+        t = lo + tl.arange(0, RUN * BLOCK_R)[None, :]
+        runs = _split_runs(_tap(ptr, h0_ptr, base, h0_base, d, t, lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0),
+                           RUN, BLOCK_D, BLOCK_R)
+    else:
+        t = lo + RUN * tl.arange(0, BLOCK_R)[None, :]
+        runs = ()
+        for k in tl.static_range(RUN):
+            runs = runs + (_tap(ptr, h0_ptr, base, h0_base, d, t + k, lo + k, dim, L, s_d, s_l, s_hd, s_hl, W,
+                                HAS_H0),)
+    return runs
+
+
+@triton.jit
+def _store_runs(ptr, base, d, lo, vals, dim, hi, s_d, s_l, add_ptr, add_base, add_lo, s_ad, s_al,
+                  HAS_ADD: tl.constexpr, W: tl.constexpr, VEC: tl.constexpr, RUN: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Store vals[k] (RUN-tuple of (BLOCK_D, BLOCK_R) fp32) at positions p = lo + RUN*r + k, 0 <= p < hi.
 
     HAS_ADD: first add add_ptr[p - add_lo] where 0 <= p - add_lo < W-1 (the gradient of the final states,
     which are copies of the last W-1 inputs)."""
     dm = d < dim
     if VEC:
-        p = lo + tl.arange(0, 4 * BLOCK_R)[None, :]
-        v = _join4(vals, BLOCK_D, BLOCK_R)
+        p = lo + tl.arange(0, RUN * BLOCK_R)[None, :]
+        v = _join_runs(vals, RUN, BLOCK_D, BLOCK_R)
         if HAS_ADD:
             i = p - add_lo
             v += tl.load(add_ptr + add_base + d * s_ad + i * s_al, mask=dm & (i >= 0) & (i < W - 1) & (p < hi),
                          other=0.0).to(tl.float32)
         tl.store(ptr + base + d * s_d + p * s_l, v.to(ptr.dtype.element_ty), mask=dm & (p >= 0) & (p < hi))
     else:
-        p0 = lo + 4 * tl.arange(0, BLOCK_R)[None, :]
-        for k in tl.static_range(4):
+        p0 = lo + RUN * tl.arange(0, BLOCK_R)[None, :]
+        for k in tl.static_range(RUN):
             p = p0 + k
             v = vals[k]
             if HAS_ADD:
@@ -152,33 +181,33 @@ def _store_chunks(ptr, base, d, lo, vals, dim, hi, s_d, s_l, add_ptr, add_base, 
 
 
 @triton.jit
-def _at(j: tl.constexpr, prev, cur, nxt):
-    """The value at offset j (-4 <= j < 8) from a chunk's first step, from the previous / this / next chunk."""
+def _at(j: tl.constexpr, prev, cur, nxt, RUN: tl.constexpr):
+    """The value at offset j (-RUN <= j < 2*RUN) from a run's first step, from the previous / this / next run."""
     if j < 0:
-        return prev[j + 4]
-    elif j < 4:
+        return prev[j + RUN]
+    elif j < RUN:
         return cur[j]
     else:
-        return nxt[j - 4]
+        return nxt[j - RUN]
 
 
 @triton.jit
-def _pre(j: tl.constexpr, xp, xc, xn, wt, bias, W: tl.constexpr, DIR: tl.constexpr):
+def _pre(j: tl.constexpr, xp, xc, xn, wt, bias, W: tl.constexpr, DIR: tl.constexpr, RUN: tl.constexpr):
     """The pre-activation at offset j: bias + sum_k w[k] * xs[j + DIR*(k - (W-1))]."""
-    acc = bias + wt[0] * _at(j + DIR * (0 - (W - 1)), xp, xc, xn)
+    acc = bias + wt[0] * _at(j + DIR * (0 - (W - 1)), xp, xc, xn, RUN)
     for k in tl.static_range(1, W):
-        acc += wt[k] * _at(j + DIR * (k - (W - 1)), xp, xc, xn)
+        acc += wt[k] * _at(j + DIR * (k - (W - 1)), xp, xc, xn, RUN)
     return acc
 
 
 @triton.jit
 def _dpre(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
-          SILU: tl.constexpr):
+          SILU: tl.constexpr, RUN: tl.constexpr):
     """d pre at offset j = dout * silu'(pre) (dout is 0 past L, so dpre is too). Each offset is asked for by
     up to W outputs; the compiler merges the identical computations."""
-    g = _at(j, gp, gc, gn)
+    g = _at(j, gp, gc, gn, RUN)
     if SILU:
-        pre = _pre(j, xp, xc, xn, wt, bias, W, DIR)
+        pre = _pre(j, xp, xc, xn, wt, bias, W, DIR, RUN)
         sg = _sigmoid(pre)
         g = g * sg * (1.0 + pre * (1.0 - sg))
     return g
@@ -189,39 +218,36 @@ def _dpre(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DI
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt, n_lt,
                      s_xb, s_xd, s_xl, s_wd, s_wk, s_b, s_hb, s_hd, s_hl, s_ob, s_od, s_ol, s_nb, s_nd, s_nl,
                      W: tl.constexpr, DIR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_HN: tl.constexpr, SILU: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_R: tl.constexpr):
+                     HAS_HN: tl.constexpr, SILU: tl.constexpr, VEC: tl.constexpr, RUN: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     pid_l = pid % n_lt
     pid_d = (pid // n_lt) % n_dt
     pid_b = (pid // n_lt) // n_dt
     d1 = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d = d1[:, None]
-    t_lo = pid_l * (4 * BLOCK_R)
+    t_lo = pid_l * (RUN * BLOCK_R)
     x_base = pid_b.to(tl.int64) * s_xb
     h0_base = pid_b.to(tl.int64) * s_hb
     bias = tl.zeros([BLOCK_D, 1], tl.float32)
     if HAS_BIAS:
         bias = _column(b_ptr, d1, dim, s_b)
     wt = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
-    # the chunk before (causal taps) and after (anti-causal taps) this one; the unused one is never loaded
-    xp = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    # the run before (causal taps) and after (anti-causal taps) this one; the unused one is never loaded
+    xp = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    xc = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    xc = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    xn = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    xn = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    o0 = _pre(0, xp, xc, xn, wt, bias, W, DIR)
-    o1 = _pre(1, xp, xc, xn, wt, bias, W, DIR)
-    o2 = _pre(2, xp, xc, xn, wt, bias, W, DIR)
-    o3 = _pre(3, xp, xc, xn, wt, bias, W, DIR)
-    if SILU:
-        o0 = o0 * _sigmoid(o0)
-        o1 = o1 * _sigmoid(o1)
-        o2 = o2 * _sigmoid(o2)
-        o3 = o3 * _sigmoid(o3)
-    _store_chunks(out_ptr, pid_b.to(tl.int64) * s_ob, d, t_lo, (o0, o1, o2, o3), dim, L, s_od, s_ol,
-                  out_ptr, 0, 0, 0, 0, False, W, VEC, BLOCK_D, BLOCK_R)
+    outs = ()
+    for i in tl.static_range(RUN):
+        o = _pre(i, xp, xc, xn, wt, bias, W, DIR, RUN)
+        if SILU:
+            o = o * _sigmoid(o)
+        outs = outs + (o,)
+    _store_runs(out_ptr, pid_b.to(tl.int64) * s_ob, d, t_lo, outs, dim, L, s_od, s_ol,
+                  out_ptr, 0, 0, 0, 0, False, W, VEC, RUN, BLOCK_D, BLOCK_R)
     if HAS_HN:
         if pid_l == n_lt - 1:  # the last W-1 inputs of xs: the next chunk's initial_states
             j = tl.arange(0, 4)[None, :]
@@ -234,44 +260,44 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt,
 @triton.jit
 def _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, s_gd, s_gl,
                 W: tl.constexpr, HAS_H0: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_R: tl.constexpr):
-    """x and dout one chunk back, here and one chunk ahead of a tile starting at t_lo: (xp, xc, xn, gp, gc, gn).
+                BLOCK_R: tl.constexpr, RUN: tl.constexpr):
+    """x and dout one run back, here and one run ahead of a tile starting at t_lo: (xp, xc, xn, gp, gc, gn).
 
-    pre at the W positions that reach each output needs x one chunk back and one ahead, dout one chunk ahead
+    pre at the W positions that reach each output needs x one run back and one ahead, dout one run ahead
     (causal) or back (anti-causal); loads the direction does not use are dropped by the compiler."""
-    xp = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    xp = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    xc = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    xc = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    xn = _chunks(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + 4, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC,
+    xn = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
                  BLOCK_D, BLOCK_R)
-    gp = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo - 4, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
-    gc = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
-    gn = _chunks(g_ptr, g_ptr, g_base, 0, d, t_lo + 4, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, BLOCK_D, BLOCK_R)
+    gp = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo - RUN, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
+    gc = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
+    gn = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo + RUN, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
     return xp, xc, xn, gp, gc, gn
 
 
 @triton.jit
 def _dx_at(i: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
-           SILU: tl.constexpr):
-    """dx at offset i of a chunk: sum_s w[W-1-s] * dpre[i + DIR*s]."""
-    acc = wt[W - 1] * _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+           SILU: tl.constexpr, RUN: tl.constexpr):
+    """dx at offset i of a run: sum_s w[W-1-s] * dpre[i + DIR*s]."""
+    acc = wt[W - 1] * _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
     for s in tl.static_range(1, W):
-        acc += wt[W - 1 - s] * _dpre(i + DIR * s, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+        acc += wt[W - 1 - s] * _dpre(i + DIR * s, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
     return acc
 
 
 @triton.jit
 def _dw_at(k: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, DIR: tl.constexpr,
-           SILU: tl.constexpr):
-    """Per-chunk sum over its 4 positions of dpre * tap k (the dweight[k] contribution), or of dpre alone
+           SILU: tl.constexpr, RUN: tl.constexpr):
+    """Per-run sum over its RUN positions of dpre * tap k (the dweight[k] contribution), or of dpre alone
     (dbias) for k = W."""
     acc = tl.zeros_like(xc[0])
-    for i in tl.static_range(4):
+    for i in tl.static_range(RUN):
         if k == W:
-            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         else:
-            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU) * _at(i + DIR * (k - (W - 1)), xp, xc, xn)
+            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN) * _at(i + DIR * (k - (W - 1)), xp, xc, xn, RUN)
     return acc
 
 
@@ -282,7 +308,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
                      s_dxb, s_dxd, s_dxl, s_db0, s_dd0, s_dl0,
                      W: tl.constexpr, DIR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                      HAS_DHN: tl.constexpr, NEED_DH0: tl.constexpr, SILU: tl.constexpr, VEC: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                     RUN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
     """One program per (batch, BLOCK_D channels, group of `tiles` consecutive L tiles): dx of every tile, and one
     partial of dweight / dbias for the whole group (a group, not a tile, so the partials stay small)."""
     pid = tl.program_id(0)
@@ -305,23 +331,22 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
     acc3 = acc0
     accb = acc0
     for it in range(tiles):
-        t_lo = (pid_g * tiles + it) * (4 * BLOCK_R)  # tiles past L are all masked
+        t_lo = (pid_g * tiles + it) * (RUN * BLOCK_R)  # tiles past L are all masked
         xp, xc, xn, gp, gc, gn = _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t_lo, dim, L,
-                                             s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, W, HAS_H0, VEC, BLOCK_D, BLOCK_R)
-        dx = (_dx_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
-              _dx_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
-              _dx_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU),
-              _dx_at(3, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU))
-        _store_chunks(dx_ptr, pid_b.to(tl.int64) * s_dxb, d, t_lo, dx, dim, L, s_dxd, s_dxl,
-                      dhn_ptr, n_base, L - (W - 1), s_nd, s_nl, HAS_DHN, W, VEC, BLOCK_D, BLOCK_R)
-        acc0 += _dw_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
-        acc1 += _dw_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+                                             s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, W, HAS_H0, VEC, BLOCK_D, BLOCK_R, RUN)
+        dx = ()
+        for i in tl.static_range(RUN):
+            dx = dx + (_dx_at(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN),)
+        _store_runs(dx_ptr, pid_b.to(tl.int64) * s_dxb, d, t_lo, dx, dim, L, s_dxd, s_dxl,
+                      dhn_ptr, n_base, L - (W - 1), s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
+        acc0 += _dw_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
+        acc1 += _dw_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         if W >= 3:
-            acc2 += _dw_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+            acc2 += _dw_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         if W >= 4:
-            acc3 += _dw_at(3, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+            acc3 += _dw_at(3, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         if HAS_BIAS:
-            accb += _dw_at(W, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU)
+            accb += _dw_at(W, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
     # this program's partials of dweight (batch * n_lg, dim, W) and dbias (batch * n_lg, dim)
     row = (pid_b * n_lg + pid_g).to(tl.int64)
     dm1 = d1 < dim
@@ -334,31 +359,30 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
         tl.store(part + 3, tl.sum(acc3, axis=1), mask=dm1)
     if HAS_BIAS:
         tl.store(db_ptr + row * dim + d1, tl.sum(accb, axis=1), mask=dm1)
-    if NEED_DH0:  # causal only: d initial_states[j] = d xs at -(W-1) + j, from the first chunk of tile 0
+    if NEED_DH0:  # causal only: d initial_states[j] = d xs at -(W-1) + j, from the first run of tile 0
         if pid_g == 0:
             xp, xc, xn, gp, gc, gn = _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, 0, dim, L,
                                                  s_xd, s_xl, s_hd, s_hl, s_gd, s_gl, W, HAS_H0, VEC, BLOCK_D,
-                                                 BLOCK_R)
-            zero = tl.zeros_like(acc0)
-            dh1 = zero
-            dh2 = zero
-            if W >= 3:
-                dh1 = _dh0_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU)
-            if W >= 4:
-                dh2 = _dh0_at(2, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU)
-            _store_chunks(dh0_ptr, pid_b.to(tl.int64) * s_db0, d, 0,
-                          (_dh0_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU), dh1, dh2, zero), dim, W - 1,
-                          s_dd0, s_dl0, dhn_ptr, n_base, L, s_nd, s_nl, HAS_DHN, W, VEC, BLOCK_D, BLOCK_R)
+                                                 BLOCK_R, RUN)
+            dh = ()  # the W-1 initial states, then zeros to fill the run (stored only below W-1)
+            for j in tl.static_range(RUN):
+                if j < W - 1:
+                    dh = dh + (_dh0_at(j, xp, xc, xn, gp, gc, gn, wt, bias, W, SILU, RUN),)
+                else:
+                    dh = dh + (tl.zeros_like(acc0),)
+            _store_runs(dh0_ptr, pid_b.to(tl.int64) * s_db0, d, 0, dh, dim, W - 1,
+                          s_dd0, s_dl0, dhn_ptr, n_base, L, s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
 
 
 @triton.jit
-def _dh0_at(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, SILU: tl.constexpr):
-    """d xs at position j - (W-1) < 0 of a chunk starting at t = 0 (causal): sum over the outputs it reaches,
+def _dh0_at(j: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, SILU: tl.constexpr,
+            RUN: tl.constexpr):
+    """d xs at position j - (W-1) < 0 of a run starting at t = 0 (causal): sum over the outputs it reaches,
     t = j - (W-1) + s >= 0, of w[W-1-s] * dpre[t]."""
     acc = tl.zeros_like(xc[0])
     for s in tl.static_range(W):
         if j - (W - 1) + s >= 0:
-            acc += wt[W - 1 - s] * _dpre(j - (W - 1) + s, xp, xc, xn, gp, gc, gn, wt, bias, W, 1, SILU)
+            acc += wt[W - 1 - s] * _dpre(j - (W - 1) + s, xp, xc, xn, gp, gc, gn, wt, bias, W, 1, SILU, RUN)
     return acc
 
 
@@ -406,29 +430,36 @@ def _env_block(name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _plan(x: torch.Tensor, backward: bool) -> tuple[int, int, int, int, int]:
-    """(BLOCK_D, BLOCK_L, n_d_tiles, n_l_tiles, num_warps) for x's layout and pass.
+def _plan(x: torch.Tensor, backward: bool) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_D, BLOCK_L, n_d_tiles, n_l_tiles, num_warps, RUN) for x's layout and pass.
 
-    Channel-first tiles are long along L (four steps per thread, one vector load); channel-last tiles are wide
-    along dim (64 channels = 128-byte rows in bf16). Defaults from H200 sweeps at (8, 1536, 2048) and
-    (2, 1024, 131072), bf16 (BENCHMARKS.md, session 8): 4 warps; 2048-element tiles, except the channel-last
-    backward (it holds three chunks of x and two of dout per thread): 64 x 16.
-    MAMBASUITE_CONV_BLOCK_D / _BLOCK_L / _WARPS override them (tests; sweeps on a GPU),
-    MAMBASUITE_CONV_BWD_BLOCK_D / ... the backward's alone; BLOCK_L is a multiple of the 4-step chunk."""
+    Channel-first tiles are long along L (runs of 8 steps per thread, 16-byte loads in bf16); channel-last tiles
+    are wide along dim (rows of 64-128 channels). Defaults from H200 sweeps at (8, 1536, 2048) and
+    (2, 1024, 131072), bf16 (BENCHMARKS.md, session 8): 2048-element tiles; 4 warps, 8 in the channel-first
+    backward; runs of 8 steps, except the channel-last forward (4: with 8 it was slower).
+    MAMBASUITE_CONV_BLOCK_D / _BLOCK_L / _WARPS / _RUN override them (tests; sweeps on a GPU),
+    MAMBASUITE_CONV_BWD_BLOCK_D / _BLOCK_L / _WARPS the backward's alone. BLOCK_L is a multiple of RUN; a run
+    longer than a short sequence's tile is cut to the tile unless it was asked for explicitly (then refused)."""
     _, dim, length = x.shape
     if is_channel_last(x):
-        block_d = min(64, triton.next_power_of_2(dim))
-        block_l = min(max(4, triton.next_power_of_2(length)), (1024 if backward else 2048) // block_d)
+        block_d = min(128 if backward else 64, triton.next_power_of_2(dim))
+        block_l = min(max(4, triton.next_power_of_2(length)), 2048 // block_d)
+        warps, run = 4, (8 if backward else 4)
     else:
         block_l = min(256 if backward else 512, max(4, triton.next_power_of_2(length)))
         block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_l))
-    warps = 4
+        warps, run = (8 if backward else 4), 8
     # both passes read the plain names; the backward's MAMBASUITE_CONV_BWD_* take precedence over them
     for prefix in ("MAMBASUITE_CONV_", "MAMBASUITE_CONV_BWD_") if backward else ("MAMBASUITE_CONV_",):
         block_d = _env_block(prefix + "BLOCK_D", block_d, 1)
         block_l = _env_block(prefix + "BLOCK_L", block_l, 4)
         warps = _env_block(prefix + "WARPS", warps, 1)
-    return block_d, block_l, triton.cdiv(dim, block_d), triton.cdiv(length, block_l), warps
+    if os.environ.get("MAMBASUITE_CONV_RUN"):
+        run = _env_block("MAMBASUITE_CONV_RUN", run, 4)
+        if run > 8 or run > block_l:
+            raise ValueError(f"MAMBASUITE_CONV_RUN={run}: expected 4 or 8, at most the tile's {block_l} steps")
+    run = min(run, block_l)
+    return block_d, block_l, triton.cdiv(dim, block_d), triton.cdiv(length, block_l), warps, run
 
 
 def _tiles_per_program(n_lt: int) -> int:
@@ -458,7 +489,7 @@ def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     width = weight.shape[1]
     out = _empty_in_layout(x)
     final = _empty_in_layout(x, (batch, dim, width - 1)) if return_final_states else x.new_empty(0)
-    block_d, block_l, n_dt, n_lt, warps = _plan(x, backward=False)
+    block_d, block_l, n_dt, n_lt, warps, run = _plan(x, backward=False)
     with _on_device(x):
         _conv_fwd_kernel[(batch * n_dt * n_lt,)](
             x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
@@ -466,8 +497,8 @@ def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
             *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
             *out.stride(), *_strides(final if return_final_states else None, 3),
             W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
-            HAS_HN=return_final_states, SILU=silu, VEC=not is_channel_last(x), BLOCK_D=block_d,
-            BLOCK_R=block_l // 4, num_warps=warps)
+            HAS_HN=return_final_states, SILU=silu, VEC=not is_channel_last(x), RUN=run, BLOCK_D=block_d,
+            BLOCK_R=block_l // run, num_warps=warps)
     return out, final
 
 
@@ -488,7 +519,7 @@ def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     tensor of its own when the input was None)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
-    block_d, block_l, n_dt, n_lt, warps = _plan(x, backward=True)
+    block_d, block_l, n_dt, n_lt, warps, run = _plan(x, backward=True)
     tiles = _tiles_per_program(n_lt)
     n_lg = triton.cdiv(n_lt, tiles)
     dx = _empty_in_layout(x)
@@ -505,7 +536,7 @@ def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
             *_strides(dh0 if initial_states is not None else None, 3),
             W=width, DIR=-1 if reverse else 1, HAS_BIAS=bias is not None, HAS_H0=initial_states is not None,
             HAS_DHN=dfinal is not None, NEED_DH0=initial_states is not None, SILU=silu,
-            VEC=not is_channel_last(x), BLOCK_D=block_d, BLOCK_R=block_l // 4, num_warps=warps)
+            VEC=not is_channel_last(x), RUN=run, BLOCK_D=block_d, BLOCK_R=block_l // run, num_warps=warps)
     dweight = dw_part.sum(0).to(weight.dtype)  # a fixed-order reduction: deterministic
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
     return dx, dweight, dbias, dh0

@@ -86,9 +86,14 @@ def _case_id(case):
     return "W{}-L{}-bias{:d}-silu{:d}-rev{:d}-cl{:d}-h0{:d}-hn{:d}".format(*case)
 
 
+@pytest.mark.parametrize("run", [4, 8])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_matches_float64_formula_and_reference(case):
+def test_matches_float64_formula_and_reference(monkeypatch, case, run):
+    """run: steps per thread run in the kernels (8 needs tiles of >= 8 steps, so L >= 5 here)."""
     width, length, bias, silu, reverse, channel_last, h0, final = case
+    if run == 8 and length < 5:
+        pytest.skip("runs of 8 need tiles of at least 8 steps")
+    monkeypatch.setenv("MAMBASUITE_CONV_RUN", str(run))
     act = SILU if silu else None
     ins = _make(2, 6, length, width, channel_last=channel_last, bias=bias, h0=h0, seed=length)
     ref64 = _detached(ins, torch.float64)
@@ -120,11 +125,13 @@ def test_matches_float64_formula_and_reference(case):
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tiles", [1, 2])
-def test_many_tiles_per_row(monkeypatch, channel_last, reverse, tiles):
-    """Forced 4-step x 2-channel tiles: halos across tile edges, partial sums of many programs, the initial
+@pytest.mark.parametrize("run", [4, 8])
+def test_many_tiles_per_row(monkeypatch, channel_last, reverse, tiles, run):
+    """Forced one-run x 2-channel tiles: halos across tile edges, partial sums of many programs, the initial
     states handled by the first tile and the final states by the last one. tiles=2: each backward program
-    loops over two tiles (3 tiles of L=11: the second program's second tile lies wholly past L)."""
-    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "4")
+    loops over two tiles (3 tiles of 4 steps for L=11: the second program's second tile lies wholly past L)."""
+    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", str(run))
+    monkeypatch.setenv("MAMBASUITE_CONV_RUN", str(run))
     monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_D", "2")
     monkeypatch.setenv("MAMBASUITE_CONV_BWD_TILES", str(tiles))
     streaming = not reverse
@@ -327,6 +334,8 @@ def test_unused_final_states_send_no_gradient(monkeypatch):
     ("MAMBASUITE_CONV_BLOCK_L", "2", "expected a power of two >= 4"),
     ("MAMBASUITE_CONV_BWD_WARPS", "four", "expected an integer"),
     ("MAMBASUITE_CONV_BWD_TILES", "0", "expected a power of two >= 1"),
+    ("MAMBASUITE_CONV_RUN", "16", "expected 4 or 8"),
+    ("MAMBASUITE_CONV_RUN", "3", "expected a power of two >= 4"),
 ])
 def test_bad_tile_override_is_named(monkeypatch, name, value, message):
     """A malformed tile override raises an error naming the variable (never a silent fallback)."""
@@ -342,7 +351,32 @@ def test_default_tiles_keep_weight_partials_small():
     import mambasuite.kernels.triton.causal_conv1d as tri
 
     x = torch.empty(2, 131072, 1024, dtype=torch.bfloat16).transpose(1, 2)
-    _, block_l, _, n_lt, _ = tri._plan(x, backward=True)
+    _, block_l, _, n_lt, _, _ = tri._plan(x, backward=True)
     tiles = tri._tiles_per_program(n_lt)
     assert n_lt == 131072 // block_l and tiles == 16 and -(-n_lt // tiles) <= 512
     assert tri._tiles_per_program(8) == 1 and tri._tiles_per_program(128) == 2
+
+
+def test_run_longer_than_the_tile_is_refused(monkeypatch):
+    """An explicit run of 8 on a 4-step tile (L = 3) is refused, not shortened."""
+    monkeypatch.setenv("MAMBASUITE_CONV_RUN", "8")
+    x, w, b, _ = _make(1, 4, 3, 3, channel_last=False, bias=True, h0=False)
+    with pytest.raises(ValueError, match="MAMBASUITE_CONV_RUN=8: expected 4 or 8, at most the tile's 4 steps"):
+        causal_conv1d(x, w, b, SILU, backend="triton")
+
+
+def test_plan_defaults_and_short_tiles(monkeypatch):
+    """Runs of 8 steps by default (4 in the channel-last forward), cut to a short sequence's tile; the backward's
+    own overrides take precedence over the shared ones."""
+    import mambasuite.kernels.triton.causal_conv1d as tri
+
+    first = torch.empty(2, 1024, 4096, dtype=torch.bfloat16)
+    last = torch.empty(2, 4096, 1024, dtype=torch.bfloat16).transpose(1, 2)
+    assert tri._plan(first, backward=False) == (4, 512, 256, 8, 4, 8)
+    assert tri._plan(first, backward=True) == (8, 256, 128, 16, 8, 8)
+    assert tri._plan(last, backward=False) == (64, 32, 16, 128, 4, 4)
+    assert tri._plan(last, backward=True) == (128, 16, 8, 256, 4, 8)
+    assert tri._plan(torch.empty(1, 4, 3), backward=True)[1::4] == (4, 4)  # L = 3: one 4-step tile, runs of 4
+    monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "64")
+    monkeypatch.setenv("MAMBASUITE_CONV_BWD_BLOCK_L", "32")
+    assert tri._plan(first, backward=False)[1] == 64 and tri._plan(first, backward=True)[1] == 32
