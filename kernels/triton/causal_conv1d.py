@@ -152,9 +152,24 @@ def _runs(ptr, h0_ptr, base, h0_base, d, lo, dim, L, s_d, s_l, s_hd, s_hl, W: tl
 
 
 @triton.jit
+def _neighbour_runs(ptr, h0_ptr, base, h0_base, d, t_lo, dim, L, s_d, s_l, s_hd, s_hl, W: tl.constexpr,
+                    HAS_H0: tl.constexpr, VEC: tl.constexpr, RUN: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_R: tl.constexpr):
+    """`_runs` one run back, here and one run ahead of a tile starting at t_lo: (prev, cur, next). A direction
+    reads only one of the neighbours; the compiler drops the loads of the other."""
+    prev = _runs(ptr, h0_ptr, base, h0_base, d, t_lo - RUN, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0, VEC, RUN,
+                 BLOCK_D, BLOCK_R)
+    cur = _runs(ptr, h0_ptr, base, h0_base, d, t_lo, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0, VEC, RUN,
+                BLOCK_D, BLOCK_R)
+    nxt = _runs(ptr, h0_ptr, base, h0_base, d, t_lo + RUN, dim, L, s_d, s_l, s_hd, s_hl, W, HAS_H0, VEC, RUN,
+                BLOCK_D, BLOCK_R)
+    return prev, cur, nxt
+
+
+@triton.jit
 def _store_runs(ptr, base, d, lo, vals, dim, hi, s_d, s_l, add_ptr, add_base, add_lo, s_ad, s_al,
-                  HAS_ADD: tl.constexpr, W: tl.constexpr, VEC: tl.constexpr, RUN: tl.constexpr,
-                  BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                HAS_ADD: tl.constexpr, W: tl.constexpr, VEC: tl.constexpr, RUN: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
     """Store vals[k] (RUN-tuple of (BLOCK_D, BLOCK_R) fp32) at positions p = lo + RUN*r + k, 0 <= p < hi.
 
     HAS_ADD: first add add_ptr[p - add_lo] where 0 <= p - add_lo < W-1 (the gradient of the final states,
@@ -233,13 +248,9 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt,
     if HAS_BIAS:
         bias = _column(b_ptr, d1, dim, s_b)
     wt = _weights(w_ptr, d1, dim, s_wd, s_wk, W)
-    # the run before (causal taps) and after (anti-causal taps) this one; the unused one is never loaded
-    xp = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
-    xc = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
-    xn = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
+    # the run before (causal taps) and after (anti-causal taps) this one
+    xp, xc, xn = _neighbour_runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0,
+                                 VEC, RUN, BLOCK_D, BLOCK_R)
     outs = ()
     for i in tl.static_range(RUN):
         o = _pre(i, xp, xc, xn, wt, bias, W, DIR, RUN)
@@ -247,7 +258,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, out_ptr, hn_ptr, dim, L, n_dt,
             o = o * _sigmoid(o)
         outs = outs + (o,)
     _store_runs(out_ptr, pid_b.to(tl.int64) * s_ob, d, t_lo, outs, dim, L, s_od, s_ol,
-                  out_ptr, 0, 0, 0, 0, False, W, VEC, RUN, BLOCK_D, BLOCK_R)
+                out_ptr, 0, 0, 0, 0, False, W, VEC, RUN, BLOCK_D, BLOCK_R)
     if HAS_HN:
         if pid_l == n_lt - 1:  # the last W-1 inputs of xs: the next chunk's initial_states
             j = tl.arange(0, 4)[None, :]
@@ -264,16 +275,11 @@ def _bwd_inputs(x_ptr, h0_ptr, g_ptr, x_base, h0_base, g_base, d, t_lo, dim, L, 
     """x and dout one run back, here and one run ahead of a tile starting at t_lo: (xp, xc, xn, gp, gc, gn).
 
     pre at the W positions that reach each output needs x one run back and one ahead, dout one run ahead
-    (causal) or back (anti-causal); loads the direction does not use are dropped by the compiler."""
-    xp = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo - RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
-    xc = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
-    xn = _runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo + RUN, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0, VEC, RUN,
-                 BLOCK_D, BLOCK_R)
-    gp = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo - RUN, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
-    gc = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
-    gn = _runs(g_ptr, g_ptr, g_base, 0, d, t_lo + RUN, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN, BLOCK_D, BLOCK_R)
+    (causal) or back (anti-causal)."""
+    xp, xc, xn = _neighbour_runs(x_ptr, h0_ptr, x_base, h0_base, d, t_lo, dim, L, s_xd, s_xl, s_hd, s_hl, W, HAS_H0,
+                                 VEC, RUN, BLOCK_D, BLOCK_R)
+    gp, gc, gn = _neighbour_runs(g_ptr, g_ptr, g_base, 0, d, t_lo, dim, L, s_gd, s_gl, 0, 0, W, False, VEC, RUN,
+                                 BLOCK_D, BLOCK_R)
     return xp, xc, xn, gp, gc, gn
 
 
@@ -338,7 +344,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
         for i in tl.static_range(RUN):
             dx = dx + (_dx_at(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN),)
         _store_runs(dx_ptr, pid_b.to(tl.int64) * s_dxb, d, t_lo, dx, dim, L, s_dxd, s_dxl,
-                      dhn_ptr, n_base, L - (W - 1), s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
+                    dhn_ptr, n_base, L - (W - 1), s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
         acc0 += _dw_at(0, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         acc1 += _dw_at(1, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         if W >= 3:
@@ -371,7 +377,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, g_ptr, dhn_ptr, dx_ptr, dh0_pt
                 else:
                     dh = dh + (tl.zeros_like(acc0),)
             _store_runs(dh0_ptr, pid_b.to(tl.int64) * s_db0, d, 0, dh, dim, W - 1,
-                          s_dd0, s_dl0, dhn_ptr, n_base, L, s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
+                        s_dd0, s_dl0, dhn_ptr, n_base, L, s_nd, s_nl, HAS_DHN, W, VEC, RUN, BLOCK_D, BLOCK_R)
 
 
 @triton.jit
