@@ -4,6 +4,10 @@ Outputs and gradients (x, weight, bias, initial_states, through final_states too
 L=1 and L < W-1, bias/SiLU on and off, reverse, channel-first and channel-last x, fp32/bf16/fp16, streaming
 in chunks, several tiles per row (forced small tiles), bad inputs. Shapes stay tiny: the interpreter runs
 every program in Python.
+
+On a CUDA machine (conftest.py leaves TRITON_INTERPRET unset: 0) the same tests run the compiled kernels. Inputs
+are drawn on CPU from seeded generators and then moved to DEVICE, so both devices see the same values; the float64
+formula runs on DEVICE from those values. The few checks about CPU tensors use CPU tensors on either machine.
 """
 
 import pytest
@@ -14,6 +18,7 @@ from mambasuite.kernels import causal_conv1d
 pytest.importorskip("triton")
 
 SILU = "silu"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _formula64(x, weight, bias, activation, reverse, h0):
@@ -35,19 +40,22 @@ def _formula64(x, weight, bias, activation, reverse, h0):
     return out, xs[..., length: length + width - 1]
 
 
-def _make(batch, dim, length, width, *, channel_last, bias, h0, dtype=torch.float32, wdtype=torch.float32, seed=0):
+def _make(batch, dim, length, width, *, channel_last, bias, h0, dtype=torch.float32, wdtype=torch.float32, seed=0,
+          device=DEVICE):
+    """x, weight, bias, initial_states (leaves on `device`), drawn on CPU: the same values on every device."""
     g = torch.Generator().manual_seed(seed)
     if channel_last:  # the transposed view of a (batch, L, dim) tensor
-        x = torch.randn(batch, length, dim, generator=g).to(dtype).transpose(1, 2)
+        x = torch.randn(batch, length, dim, generator=g).to(dtype).to(device).transpose(1, 2)
     else:
-        x = torch.randn(batch, dim, length, generator=g).to(dtype)
-    w = (torch.randn(dim, width, generator=g) * 0.5).to(wdtype)
-    b = torch.randn(dim, generator=g).to(wdtype) if bias else None
-    s = torch.randn(batch, dim, width - 1, generator=g).to(dtype) if h0 else None
+        x = torch.randn(batch, dim, length, generator=g).to(dtype).to(device)
+    w = (torch.randn(dim, width, generator=g) * 0.5).to(wdtype).to(device)
+    b = torch.randn(dim, generator=g).to(wdtype).to(device) if bias else None
+    s = torch.randn(batch, dim, width - 1, generator=g).to(dtype).to(device) if h0 else None
     return [t.requires_grad_() if t is not None else None for t in (x, w, b, s)]
 
 
 def _detached(tensors, dtype=None):
+    """Fresh leaves on the tensors' own device (float64 copies for the formula)."""
     return [t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None for t in tensors]
 
 
@@ -59,10 +67,15 @@ def _run(inputs, activation, reverse, final, backend):
 
 
 def _backward(out, final, seed=1):
+    """A random float64 projection of out (and final), drawn on CPU, then moved to the outputs' device."""
     g = torch.Generator().manual_seed(seed)
-    loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum()
+
+    def rnd(t):
+        return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)
+
+    loss = (out.double() * rnd(out)).sum()
     if final is not None:
-        loss = loss + (final.double() * torch.randn(final.shape, generator=g, dtype=torch.float64)).sum()
+        loss = loss + (final.double() * rnd(final)).sum()
     loss.backward()
 
 
@@ -153,9 +166,10 @@ def test_strided_views_and_broadcast_gradient():
     """x, weight and bias that are strided views (no unit stride on x at all) are read through their strides;
     out.sum() hands backward a zero-stride gradient."""
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(2, 10, 23, generator=g)[:, ::2, 1::2].requires_grad_()  # (2, 5, 11), strides (230, 46, 2)
-    w = torch.randn(5, 8, generator=g)[:, ::2].requires_grad_()  # (5, 4), strides (8, 2)
-    b = torch.randn(10, generator=g)[::2].requires_grad_()
+    # (views taken after the move, so that the strides are the same on every device)
+    x = torch.randn(2, 10, 23, generator=g).to(DEVICE)[:, ::2, 1::2].requires_grad_()  # (2, 5, 11), (230, 46, 2)
+    w = torch.randn(5, 8, generator=g).to(DEVICE)[:, ::2].requires_grad_()  # (5, 4), strides (8, 2)
+    b = torch.randn(10, generator=g).to(DEVICE)[::2].requires_grad_()
     out = causal_conv1d(x, w, b, SILU, backend="triton")
     out.sum().backward()
     ref64 = _detached([x, w, b], torch.float64)
@@ -222,7 +236,7 @@ def test_final_states_without_initial_states_are_zero_padded():
     x, w, _, _ = _make(1, 3, 2, 4, channel_last=False, bias=False, h0=False)
     for backend in ("reference", "triton"):
         _, fin = causal_conv1d(x, w, return_final_states=True, backend=backend)
-        assert torch.equal(fin[..., 0], torch.zeros(1, 3)) and torch.equal(fin[..., 1:], x.detach())
+        assert torch.equal(fin[..., 0], torch.zeros(1, 3, device=DEVICE)) and torch.equal(fin[..., 1:], x.detach())
 
 
 def test_backward_is_bitwise_reproducible(monkeypatch):
@@ -238,13 +252,14 @@ def test_backward_is_bitwise_reproducible(monkeypatch):
 
 
 def test_auto_is_the_reference_on_cpu(monkeypatch):
+    """CPU tensors on either machine: with a GPU present too, 'auto' keeps CPU tensors on the reference."""
     import mambasuite.kernels.triton.causal_conv1d as tri
 
     def refuse(*args, **kwargs):
         raise AssertionError("backend='auto' must not reach Triton on CPU")
 
     monkeypatch.setattr(tri, "causal_conv1d_triton", refuse)
-    x, w, b, _ = _make(1, 4, 5, 3, channel_last=False, bias=True, h0=False)
+    x, w, b, _ = _make(1, 4, 5, 3, channel_last=False, bias=True, h0=False, device="cpu")
     assert torch.equal(causal_conv1d(x, w, b, SILU), causal_conv1d(x, w, b, SILU, backend="reference"))
 
 
@@ -264,11 +279,11 @@ def test_bad_inputs_are_named(monkeypatch):
     x, w, b, s = (t.detach() if t is not None else None for t in
                   _make(2, 4, 5, 3, channel_last=False, bias=True, h0=True))
     with pytest.raises(ValueError, match="weight width must be in 2..4, got 5"):
-        causal_conv1d(x, torch.randn(4, 5))
+        causal_conv1d(x, torch.randn(4, 5, device=DEVICE))
     with pytest.raises(ValueError, match="weight width must be in 2..4, got 1"):
-        causal_conv1d(x, torch.randn(4, 1), backend="triton")
+        causal_conv1d(x, torch.randn(4, 1, device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match=r"weight must have shape \(dim, width\) with dim=4"):
-        causal_conv1d(x, torch.randn(3, 4))
+        causal_conv1d(x, torch.randn(3, 4, device=DEVICE))
     with pytest.raises(TypeError, match="x must be a float16/bfloat16/float32/float64 tensor"):
         causal_conv1d(x.long(), w)
     with pytest.raises(TypeError, match="initial_states must have x's dtype torch.float32"):
@@ -289,11 +304,12 @@ def test_bad_inputs_are_named(monkeypatch):
         causal_conv1d(x, w, backend="cuda")
     with pytest.raises(TypeError, match="float64"):
         causal_conv1d(x.double(), w, backend="triton")
+    # CPU tensors on either machine (.cpu() is a no-op on CPU): the peer and compiled Triton refuse them
     with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
-        causal_conv1d(x, w, backend="mamba_ssm")
+        causal_conv1d(x.cpu(), w.cpu(), backend="mamba_ssm")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        causal_conv1d(x, w, backend="triton")
+        causal_conv1d(x.cpu(), w.cpu(), backend="triton")
 
 
 @pytest.mark.parametrize("used", ["out", "final"])
@@ -350,7 +366,7 @@ def test_default_tiles_keep_weight_partials_small():
     (2, 1024, 131072) channel-last they were one per 16-step tile (335 MB) before grouping."""
     import mambasuite.kernels.triton.causal_conv1d as tri
 
-    x = torch.empty(2, 131072, 1024, dtype=torch.bfloat16).transpose(1, 2)
+    x = torch.empty(2, 131072, 1024, dtype=torch.bfloat16, device=DEVICE).transpose(1, 2)
     _, block_l, _, n_lt, _, _ = tri._plan(x, backward=True)
     tiles = tri._tiles_per_program(n_lt)
     assert n_lt == 131072 // block_l and tiles == 16 and -(-n_lt // tiles) <= 512
@@ -370,13 +386,14 @@ def test_plan_defaults_and_short_tiles(monkeypatch):
     own overrides take precedence over the shared ones."""
     import mambasuite.kernels.triton.causal_conv1d as tri
 
-    first = torch.empty(2, 1024, 4096, dtype=torch.bfloat16)
-    last = torch.empty(2, 4096, 1024, dtype=torch.bfloat16).transpose(1, 2)
+    first = torch.empty(2, 1024, 4096, dtype=torch.bfloat16, device=DEVICE)
+    last = torch.empty(2, 4096, 1024, dtype=torch.bfloat16, device=DEVICE).transpose(1, 2)
     assert tri._plan(first, backward=False) == (4, 512, 256, 8, 4, 8)
     assert tri._plan(first, backward=True) == (8, 256, 128, 16, 8, 8)
     assert tri._plan(last, backward=False) == (64, 32, 16, 128, 4, 4)
     assert tri._plan(last, backward=True) == (128, 16, 8, 256, 4, 8)
-    assert tri._plan(torch.empty(1, 4, 3), backward=True)[1::4] == (4, 4)  # L = 3: one 4-step tile, runs of 4
+    short = torch.empty(1, 4, 3, device=DEVICE)
+    assert tri._plan(short, backward=True)[1::4] == (4, 4)  # L = 3: one 4-step tile, runs of 4
     monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "64")
     monkeypatch.setenv("MAMBASUITE_CONV_BWD_BLOCK_L", "32")
     assert tri._plan(first, backward=False)[1] == 64 and tri._plan(first, backward=True)[1] == 32
