@@ -16,6 +16,10 @@ the only transcendental per (d, t, n). The (BLOCK_D, N) state is written every C
 shorter of the two kernels' tiles) to a small checkpoint tensor (batch, dim, n_tiles, N) fp32;
 backward recomputes its tile from the checkpoint instead of keeping per-step states.
 
+Short rows (the plan decides; Vim at 224 px has L = 197) run the forward step by step instead
+(`_fwd_seq_program`): each program's (BLOCK_D, N) state stays in registers, one step per loop iteration,
+and it writes the same outputs and checkpoints, so the backward is the same for both.
+
 Long sequences with few rows are split into segments that run in parallel: a cheap first pass
 (STATE_ONLY) computes each segment's end state from a zero start plus its total decay
 exp2(A * log2(e) * sum(dt)); the full pass then rebuilds its exact entry state by combining the
@@ -294,6 +298,182 @@ def _fwd_program(
 
 
 @triton.jit
+def _with(states, n: tl.constexpr, value):
+    """The tuple `states` with entry n replaced by value."""
+    return states[:n] + (value,) + states[n + 1:]
+
+
+@triton.jit
+def _columns(ptr, offs, n_stride, N, mask_d, N_PAD: tl.constexpr):
+    """N_PAD (BLOCK_D,) fp32 vectors ptr[offs + n * n_stride] for n < N_PAD, zero for n >= N."""
+    cols = (tl.load(ptr + offs, mask=mask_d, other=0.0).to(tl.float32),)
+    for n in tl.static_range(1, N_PAD):
+        cols = cols + (tl.load(ptr + offs + n * n_stride, mask=mask_d & (n < N), other=0.0).to(tl.float32),)
+    return cols
+
+
+@triton.jit
+def _store_columns(ptr, offs, n_stride, cols, N, mask_d, N_PAD: tl.constexpr):
+    for n in tl.static_range(N_PAD):
+        tl.store(ptr + offs + n * n_stride, cols[n], mask=mask_d & (n < N))
+
+
+@triton.jit
+def _fwd_seq_program(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
+    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
+    s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CKPT_T: tl.constexpr, SEQ_STAGES: tl.constexpr,
+):
+    """Forward scan of one (batch row, channel tile, segment), one time step per loop iteration.
+
+    Each state n of the BLOCK_D channels is its own (BLOCK_D,) register vector (a tuple of N_PAD of them, the loop
+    over states unrolled), so every per-channel value -- u, dt, z, y, the state of each n -- has one layout and no
+    step moves data between threads. Per step and state:
+
+        h_n = exp2(dt * A_n * log2(e)) * h_n + (dt * u) * B_n[t]     y += h_n * C_n[t]
+
+    with B_n[t], C_n[t] scalars loaded once per step for the whole channel tile. There is no scan, no carry taken
+    out of a tile and no cross-lane reduction, which are the fixed costs of `_fwd_program` per tile and state; what
+    remains is one FMA of dependency per step. That wins for short rows, of which there are many (Vim at 224 px:
+    L = 197, batch x dim = 49152 rows), and loses for long ones (few programs, per-step latency). The unrolled
+    states bound N_PAD (the plan uses it for N <= 16 by default). Outputs are `_fwd_program`'s: out, the state
+    entering every CKPT_T-step interval in scan order (the checkpoints the shared backward starts from), segment
+    states (STATE_ONLY) and the last state.
+    """
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = pid // N_DTILES
+    dtile = pid % N_DTILES
+    offs_d = dtile * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    grp_b = (dtile * BLOCK_D) // GROUP_B  # a channel tile never straddles groups
+    grp_c = (dtile * BLOCK_D) // GROUP_C
+    seg_start = seg * SEG_LEN
+    seg_stop = tl.minimum(seg_start + SEG_LEN, L)
+    state_row = (b * DIM + offs_d) * N  # (batch, dim, N) states: h0, last
+
+    zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    hs = (zero,) * N_PAD
+    if not STATE_ONLY:
+        if HAS_H0:
+            hs = _columns(h0_ptr, state_row, 1, N, mask_d, N_PAD)
+        if SEG_MODE == 1:  # fold the segments that precede this one in scan order (see _segment_entry)
+            for i in range(N_SEG):
+                if REVERSE:
+                    s = N_SEG - 1 - i
+                    precedes = s > seg
+                else:
+                    s = i
+                    precedes = s < seg
+                if precedes:
+                    seg_row = ((b * N_SEG + s) * DIM + offs_d) * N
+                    h_s = _columns(seg_h_ptr, seg_row, 1, N, mask_d, N_PAD)
+                    p_s = _columns(seg_p_ptr, seg_row, 1, N, mask_d, N_PAD)
+                    for n in tl.static_range(N_PAD):
+                        hs = _with(hs, n, h_s[n] + p_s[n] * hs[n])
+    a2 = _columns(A_ptr, offs_d * s_ad, s_an, N, mask_d, N_PAD)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if not B_VAR:  # time-invariant (dim, N): loaded once
+        b_cols = _columns(B_ptr, offs_d * s_b1, s_b2, N, mask_d, N_PAD)
+    if not C_VAR:
+        c_cols = _columns(C_ptr, offs_d * s_c1, s_c2, N, mask_d, N_PAD)
+    u_row = u_ptr + b * s_ub + offs_d * s_ud
+    dt_row = dt_ptr + b * s_tb + offs_d * s_td
+    z_row = z_ptr + b * s_zb + offs_d * s_zd
+    o_row = out_ptr + b * s_ob + offs_d * s_od
+    b_row = B_ptr + b * s_b0 + grp_b * s_b1
+    c_row = C_ptr + b * s_c0 + grp_c * s_c1
+    ck_row = (b * DIM + offs_d) * N_TILES * N  # (batch, dim, n_tiles, N) checkpoints
+    bc_k = tl.arange(0, 2 * N_PAD)
+    dt_sum = zero
+
+    for i in tl.range(0, seg_stop - seg_start, num_stages=SEQ_STAGES):
+        if REVERSE:
+            t = seg_stop - 1 - i
+        else:
+            t = seg_start + i
+        if not STATE_ONLY:
+            # A checkpoint holds the state entering a CKPT_T-step interval in scan order: before its first step
+            # (forward) or its last (reverse; the last interval may end at L). Segments hold whole intervals.
+            if REVERSE:
+                entering = ((t + 1) % CKPT_T == 0) | (t == L - 1)
+            else:
+                entering = t % CKPT_T == 0
+            if entering:
+                _store_columns(ckpt_ptr, ck_row + (t // CKPT_T) * N, 1, hs, N, mask_d, N_PAD)
+        pos = _positions(t, MAP_H, MAP_W, COLUMNS)
+        u = tl.load(u_row + pos * s_ut, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(dt_row + pos * s_tt, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt_sum += dt
+        dtu = dt * u
+        dt2 = dt * LOG2E
+        if B_VAR or C_VAR:
+            # B[t] and C[t] of every state in one load spread over the lanes (B's N_PAD values, then C's); each
+            # channel gets state n's by a gather below, one shuffle inside a one-warp program. (A scalar load per
+            # state and step costs an address computation and a conversion each: 376 against 252 SASS instructions
+            # per step, offline sm_90 compile of a 32-channel one-warp program.)
+            nn = bc_k % N_PAD
+            if B_VAR and C_VAR:
+                bc_ok = nn < N
+            elif B_VAR:
+                bc_ok = (bc_k < N_PAD) & (nn < N)
+            else:
+                bc_ok = (bc_k >= N_PAD) & (nn < N)
+            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + pos * s_b3, c_row + nn * s_c2 + pos * s_c3)
+            bc = tl.load(bc_ptr, mask=bc_ok, other=0.0).to(tl.float32)
+        y = zero
+        for n in tl.static_range(N_PAD):
+            if B_VAR:
+                b_n = tl.gather(bc, tl.full((BLOCK_D,), n, tl.int32), 0)
+            else:
+                b_n = b_cols[n]
+            h = tl.exp2(dt2 * a2[n]) * hs[n] + dtu * b_n
+            hs = _with(hs, n, h)
+            if not STATE_ONLY:
+                if C_VAR:
+                    c_n = tl.gather(bc, tl.full((BLOCK_D,), N_PAD + n, tl.int32), 0)
+                else:
+                    c_n = c_cols[n]
+                y += h * c_n
+        if not STATE_ONLY:
+            if HAS_D:
+                y += d_skip * u
+            if HAS_Z:
+                zv = tl.load(z_row + pos * s_zt, mask=mask_d, other=0.0).to(tl.float32)
+                y = y * zv * tl.sigmoid(zv)
+            if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
+                tl.atomic_add(o_row + pos * s_ot, y, mask=mask_d, sem="relaxed")
+            else:
+                tl.store(o_row + pos * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+    if STATE_ONLY:
+        seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N
+        _store_columns(seg_h_ptr, seg_row, 1, hs, N, mask_d, N_PAD)
+        for n in tl.static_range(N_PAD):
+            tl.store(seg_p_ptr + seg_row + n, tl.exp2(a2[n] * LOG2E * dt_sum), mask=mask_d & (n < N))
+    else:
+        if REVERSE:
+            is_final = seg == 0
+        else:
+            is_final = seg == N_SEG - 1
+        if is_final:
+            _store_columns(last_ptr, state_row, 1, hs, N, mask_d, N_PAD)
+
+
+@triton.jit
 def _fwd_route(
     k,
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
@@ -304,19 +484,32 @@ def _fwd_route(
     ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     UNROLL_N: tl.constexpr, GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
     dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+    SEQUENTIAL: tl.constexpr, SEQ_STAGES: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
-    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
-    _fwd_program(
-        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C, D_ptr + k *
-        dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out, ckpt_ptr + k * dir_ckpt,
-        last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L, N, GROUP_B, GROUP_C,
-        SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob,
-        s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0,
-        SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N,
-        GATHER_FLIP, CKPT_T,
-    )
+    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). SEQUENTIAL picks
+    the step-by-step forward program (`_fwd_seq_program`) over the tiled one; both write the same outputs."""
+    if SEQUENTIAL:
+        _fwd_seq_program(
+            u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
+            D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
+            ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
+            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
+            s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT,
+            BLOCK_D, N_PAD, CKPT_T, SEQ_STAGES,
+        )
+    else:
+        _fwd_program(
+            u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
+            D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
+            ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
+            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
+            s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT,
+            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T,
+        )
 
 
 # The dir_* offsets are distances between separate tensors (bidirectional) and change with every allocation:
@@ -333,7 +526,8 @@ def selective_scan_fwd_kernel(
     GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64,
     dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64, dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64,
     dir_ckpt: tl.int64, dir_seg: tl.int64,
-    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr, SEQUENTIAL: tl.constexpr,
+    SEQ_STAGES: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
     chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
@@ -346,7 +540,7 @@ def selective_scan_fwd_kernel(
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
             s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_state, dir_out, dir_ckpt, dir_seg, REVERSE, False,
+            dir_state, dir_out, dir_ckpt, dir_seg, REVERSE, False, SEQUENTIAL, SEQ_STAGES,
         )
     else:
         k = tl.program_id(2)
@@ -359,6 +553,7 @@ def selective_scan_fwd_kernel(
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                    SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
@@ -368,7 +563,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, False,
+                    True, False, SEQUENTIAL, SEQ_STAGES,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -379,6 +574,7 @@ def selective_scan_fwd_kernel(
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
+                    SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 1:
                 _fwd_route(
@@ -388,7 +584,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    False, True,
+                    False, True, SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 2:
                 _fwd_route(
@@ -398,7 +594,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, False,
+                    True, False, SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
@@ -408,7 +604,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, True,
+                    True, True, SEQUENTIAL, SEQ_STAGES,
                 )
 
 

@@ -19,32 +19,42 @@ import torch
 # The forward's loop over states is unrolled UNROLL times (tl.range's loop_unroll_factor): 4 sped the forward up at
 # L >= 2048 (session 5: 0.94 -> 0.91 ms at (8, 3072, 2048, 16), 0.57 -> 0.51 ms at (8, 768, 4096, 16)) and slowed it
 # at L = 197 (0.59 -> 0.70 ms). Unrolling the backward's loop was slower at every shape (more live registers).
+#
+# A row may instead run the forward step by step (scan_kernels._fwd_seq_program): its last entry is then (D, W, S),
+# BLOCK_D channels on W warps with the loop over steps pipelined S stages, and the forward's tile is ignored
+# (checkpoints every backward tile). Session 9, one H200 call, fwd / fwd+bwd ms, tiled / step by step 32:1:1:
+# (64, 768, 197, 16) 0.511 / 1.803 against 0.371 / 1.663 (16:1:1 0.499, 64:1:1 0.468, 8:1:1 0.571 fwd; two or three
+# stages no faster); (8, 3072, 2048, 16) 0.988 / 4.531 against 2.003 / 5.539; (8, 768, 4096, 16) 0.546 / 2.242 against
+# 2.893 / 4.619. So short rows only; with one warp the per-state gathers of B and C stay shuffles (two warps: shared
+# memory and a barrier each).
 TILE_PLANS = (
-    # (max L, max rows or None, forward (T, D, W[, max_regs]), backward (T, D, W[, max_regs]), forward UNROLL)
+    # (max L, max rows or None, forward (T, D, W[, max_regs]), backward (T, D, W[, max_regs]), forward UNROLL,
+    #  sequential forward (D, W, S) or None)
     # short sequences (Vim at 224 px: L = 197), session 6 at (64, 768, 197, 16): fwd / fwd+bwd 0.577 / 1.941 ms,
     # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1. Session 7 (one H200 call):
     # capping both kernels at 128 registers (16 resident warps per SM instead of 12) gave 0.518 / 1.751 ms against
-    # 0.586 / 1.939 uncapped; 96 registers spill and were slower (1.991).
-    (256, None, (128, 2, 1, 128), (64, 2, 1, 128), 1),
+    # 0.586 / 1.939 uncapped; 96 registers spill and were slower (1.991). Session 9: the step-by-step forward.
+    (256, None, (128, 2, 1, 128), (64, 2, 1, 128), 1, (32, 1, 1)),
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
-    (16384, None, (1024, 1, 1), (256, 2, 1), 4),
+    (16384, None, (1024, 1, 1), (256, 2, 1), 4, None),
     # long sequences: two-warp forward programs give the parallelism without segments (session 5); session 6 at
     # (2, 512, 131072, 16): 5.030 / 15.327 ms against 4.622 / 18.149 with the backward tile 1024:2:4 and 5.044 /
     # 19.946 with 256:2:1 (half the programs)
-    (None, None, (1024, 1, 2), (256, 1, 1), 4),
+    (None, None, (1024, 1, 2), (256, 1, 1), 4, None),
 )
 # Launches of several directions (bidirectional: 2, 2D routes: 4) do not unroll the forward: the 2D four-route forward
 # at (64, 192, 56, 56, 16) took 16.0 ms unrolled 4 times against 12.8 ms without (session 5, same H200 call). Their
 # tiles, from session 6's same-call comparisons of fwd+bwd ms (the single-direction tiles / these):
 MULTI_DIRECTION_PLANS = (
-    # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200)
-    (256, None, (128, 4, 1), (128, 4, 1), 1),
+    # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200);
+    # session 9 (same call), tiled / step-by-step forward: fwd 1.115 / 1.031 ms, fwd+bwd 4.140 / 4.056
+    (256, None, (128, 4, 1), (128, 4, 1), 1, (32, 1, 1)),
     # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
     # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
-    (16384, None, (1024, 1, 1), (256, 2, 1), 1),
+    (16384, None, (1024, 1, 1), (256, 2, 1), 1, None),
     # fused bidirectional (2, 512, 131072, 16): 40.37 ms with the single-direction long tiles / 32.86 with these
-    (None, None, (256, 1, 1), (256, 2, 1), 1),
+    (None, None, (256, 1, 1), (256, 2, 1), 1, None),
 )
 
 
@@ -70,7 +80,8 @@ class LaunchPlan:
     """How one call is cut into programs.
 
     fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
-    loop over states. The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles
+    loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
+    over steps pipelined fwd_stages stages; its block_t is the backward's). The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles
     checkpoints per row, ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a
     multiple of both tiles) run in parallel.
     """
@@ -78,6 +89,8 @@ class LaunchPlan:
     fwd: KernelTile
     bwd: KernelTile
     fwd_unroll: int
+    fwd_sequential: bool
+    fwd_stages: int
     ckpt_len: int
     ckpt_ratio: int
     n_tiles: int
@@ -86,11 +99,12 @@ class LaunchPlan:
     n_pad: int
 
 
-def _default_tiles(rows: int, length: int, directions: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """The plan row's forward and backward tiles as (T, D, W, max_regs), and the forward's unroll factor."""
-    for max_len, max_rows, fwd, bwd, unroll in TILE_PLANS if directions == 1 else MULTI_DIRECTION_PLANS:
+def _default_tiles(rows: int, length: int, directions: int):
+    """The plan row's forward and backward tiles as (T, D, W, max_regs), the forward's unroll factor and its
+    sequential (D, W, S) or None."""
+    for max_len, max_rows, fwd, bwd, unroll, seq in TILE_PLANS if directions == 1 else MULTI_DIRECTION_PLANS:
         if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
-            return (*fwd, 0)[:4], (*bwd, 0)[:4], unroll
+            return (*fwd, 0)[:4], (*bwd, 0)[:4], unroll, seq
     raise AssertionError("every plan table must end with a catch-all row")
 
 
@@ -120,7 +134,11 @@ def _next_pow2(n: int) -> int:
 
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T",
-                                                     "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS"))
+                                                     "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS",
+                                                     "SEQ"))
+_SEQ_ENV = _TILE_ENV[10]
+SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
+SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
 
 def _env_tile(values: tuple[str | None, ...], default: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,6 +150,23 @@ def _env_tile(values: tuple[str | None, ...], default: tuple[int, ...]) -> tuple
     return (*tile, int(values[3] or 0))
 
 
+def _env_sequential(value: str | None, default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """The sequential forward's (BLOCK_D, warps, stages) from MAMBASUITE_SCAN_SEQ: "0" runs the tiled forward,
+    "D:W[:S]" the step-by-step one (S defaults to 1); unset keeps `default`."""
+    if value is None or not value.strip():
+        return default
+    if value.strip() == "0":
+        return None
+    parts = value.strip().split(":")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{_SEQ_ENV}={value!r}: expected 0 (tiled forward) or BLOCK_D:WARPS[:STAGES] with positive "
+                         "integers, e.g. 32:1:2")
+    block_d, warps, stages = (int(p) for p in (*parts, "1")[:3])
+    if block_d & (block_d - 1) or warps & (warps - 1):
+        raise ValueError(f"{_SEQ_ENV}={value!r}: BLOCK_D and WARPS must be powers of two")
+    return block_d, warps, stages
+
+
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device,
                 directions: int = 1) -> LaunchPlan:
     """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
@@ -140,7 +175,7 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     the forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS /
     _BWD_MAXNREG are set),
     MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
-    which long rows are split into segments;
+    which long rows are split into segments, MAMBASUITE_SCAN_SEQ the step-by-step forward ("0": tiled; "D:W[:S]");
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -153,11 +188,17 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 @functools.lru_cache(maxsize=1024)
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
-    for key, value in zip(_TILE_ENV, overrides):  # checked here, once per distinct setting (the plan is cached)
+    for key, value in zip(_TILE_ENV[:10], overrides):  # checked here, once per distinct setting (the plan is cached)
         if value and not value.strip().isdigit():
             raise ValueError(f"{key}={value!r}: expected a non-negative integer")
-    fwd_default, bwd_default, unroll = _default_tiles(batch * dim, length, directions)
+    fwd_default, bwd_default, unroll, seq = _default_tiles(batch * dim, length, directions)
     env_fwd = any(overrides[:4])
+    # A forward tile set through the environment is honoured: the tiled forward runs, unless _SEQ is set as well.
+    # The step-by-step forward unrolls its loop over states (a register vector each): the default only for N <= 16.
+    seq = _env_sequential(overrides[10], None if env_fwd or d_state > SEQ_DEFAULT_MAX_STATES else seq)
+    if seq is not None and d_state > SEQ_MAX_STATES:
+        raise ValueError(f"{_SEQ_ENV}={overrides[10]!r}: the step-by-step forward unrolls its states and takes d_state "
+                         f"<= {SEQ_MAX_STATES}, got {d_state}")
     fwd_t, fwd_d, fwd_w, fwd_r = _env_tile(overrides[:4], fwd_default)
     bwd_t, bwd_d, bwd_w, bwd_r = _env_tile(overrides[4:8], (fwd_t, fwd_d, fwd_w, fwd_r) if env_fwd else bwd_default)
     unroll = int(overrides[8] or 0) or unroll
@@ -165,11 +206,13 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     if force_seg_len is not None:  # tests: segments shorter than a tile need shorter tiles
         cap = min(cap, _next_pow2(force_seg_len))
     fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
+    if seq is not None:  # step by step: no forward tile; checkpoints every backward tile
+        fwd_t, (fwd_d, fwd_w, fwd_stages), fwd_r = bwd_t, seq, 0
     if max(fwd_t, bwd_t) % min(fwd_t, bwd_t):
         raise ValueError(f"selective scan tiles: the forward's {fwd_t} steps and the backward's {bwd_t} must divide "
                          "one another")
     if groups > 1:  # a tile must not straddle two groups of B/C
-        fwd_d = _largest_pow2_divisor(dim // groups, fwd_d)
+        fwd_d = _largest_pow2_divisor(dim // groups, fwd_d)  # (sequential forward too)
         bwd_d = _largest_pow2_divisor(dim // groups, bwd_d)
     # The forward checkpoints the state every ckpt_len steps, the shorter of the two tiles: a backward tile starts
     # from the checkpoint of the interval it begins with (ckpt_ratio intervals per backward tile).
@@ -190,6 +233,7 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     return LaunchPlan(
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
-        fwd_unroll=unroll, ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
+        fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages if seq is not None else 1,
+        ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

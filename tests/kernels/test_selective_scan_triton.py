@@ -149,17 +149,79 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
 
 
 def test_register_caps_from_the_plan_and_overrides(monkeypatch):
-    """Short sequences cap both kernels at 128 registers per thread (faster on the H200); an overridden tile drops
-    the default cap unless MAMBASUITE_SCAN_MAXNREG / _BWD_MAXNREG set one; mid lengths leave registers to ptxas."""
+    """Short sequences cap the backward and the tiled forward at 128 registers per thread (faster on the H200; the
+    default short forward is the step-by-step one, uncapped); an overridden tile drops the default cap unless
+    MAMBASUITE_SCAN_MAXNREG / _BWD_MAXNREG set one; mid lengths leave registers to ptxas."""
     device = torch.device(DEVICE)
     short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
-    assert (short.fwd.max_regs, short.bwd.max_regs) == (128, 128)
+    assert (short.fwd_sequential, short.fwd.max_regs, short.bwd.max_regs) == (True, 0, 128)
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "0")
+    tiled = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+    assert (tiled.fwd_sequential, tiled.fwd.max_regs, tiled.bwd.max_regs) == (False, 128, 128)
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).bwd.max_regs == 0
     monkeypatch.setenv("MAMBASUITE_SCAN_BWD_BLOCK_T", "32")
     overridden = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
     assert (overridden.fwd.max_regs, overridden.bwd.block_t, overridden.bwd.max_regs) == (128, 32, 0)
     monkeypatch.setenv("MAMBASUITE_SCAN_BWD_MAXNREG", "96")
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd.max_regs == 96
+
+
+def test_sequential_forward_plan_and_overrides(monkeypatch):
+    """Short rows run the step-by-step forward (one direction or several), checkpointing every backward tile;
+    longer rows the tiled one. MAMBASUITE_SCAN_SEQ=0 forces the tiled forward, D:W[:S] the step-by-step one with
+    that channel tile, warps and pipeline stages; a forward tile set through the environment is honoured (tiled)
+    unless MAMBASUITE_SCAN_SEQ is set as well."""
+    device = torch.device(DEVICE)
+    short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+    assert short.fwd_sequential and short.ckpt_len == short.bwd.block_t == short.fwd.block_t == 64
+    assert (short.fwd.block_d, short.fwd.num_warps, short.fwd_stages, short.fwd.n_dtiles) == (32, 1, 1, 1)
+    assert triton_scan.plan_launch(2, 8, 197, 4, 1, device, directions=2).fwd_sequential
+    assert not triton_scan.plan_launch(2, 8, 197, 32, 1, device).fwd_sequential  # states unrolled: N <= 16 only
+    assert not triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_sequential
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "16:2:3")
+    forced = triton_scan.plan_launch(2, 40, 2048, 4, 1, device)
+    assert forced.fwd_sequential and (forced.fwd.block_d, forced.fwd.num_warps, forced.fwd_stages) == (16, 2, 3)
+    assert forced.fwd.n_dtiles == 3 and forced.ckpt_len == forced.bwd.block_t
+    assert triton_scan.plan_launch(2, 40, 2048, 4, 4, device).fwd.block_d == 2  # groups of 10 channels
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "0")
+    assert not triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_sequential
+    monkeypatch.delenv("MAMBASUITE_SCAN_SEQ")
+    monkeypatch.setenv("MAMBASUITE_SCAN_BLOCK_T", "32")
+    assert not triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_sequential
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "8:1")
+    both = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+    assert both.fwd_sequential and (both.fwd.block_d, both.fwd_stages, both.ckpt_len) == (8, 1, 32)
+
+
+@pytest.mark.parametrize("value", ["32", "a:1", "32:1:2:4", "24:1", "32:3", "0:1"])
+def test_malformed_sequential_override_is_named(monkeypatch, value):
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", value)
+    with pytest.raises(ValueError, match=f"MAMBASUITE_SCAN_SEQ='{value}'"):
+        triton_scan.plan_launch(2, 8, 197, 4, 1, torch.device(DEVICE))
+
+
+def test_sequential_forward_refuses_too_many_states(monkeypatch):
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "32:1")
+    assert triton_scan.plan_launch(2, 8, 197, 64, 1, torch.device(DEVICE)).fwd_sequential
+    with pytest.raises(ValueError, match="MAMBASUITE_SCAN_SEQ='32:1'.*d_state <= 64, got 128"):
+        triton_scan.plan_launch(2, 8, 197, 128, 1, torch.device(DEVICE))
+
+
+@pytest.mark.parametrize("length,form,reverse,seg,seq", [
+    (300, "variable", False, None, "8:1"),   # past the short plan row: forced
+    (300, "grouped", True, 64, "4:2:2"),     # segments (state-only pass + entry), reverse, groups
+    (150, "invariant", True, None, "16:1"),  # time-invariant B/C, reverse, a partial last interval
+    (150, "variable", False, 32, "8:1"),     # segments shorter than the default backward tile
+    (70, "variable", True, None, "0"),       # the tiled forward at short L stays covered
+])
+def test_sequential_forward_matches_float64_loop(monkeypatch, length, form, reverse, seg, seq):
+    """The step-by-step forward writes what the tiled one writes (out, last state, the checkpoints the shared
+    backward starts from, segment states): every output and gradient matches the float64 loop."""
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", seq)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    plan = triton_scan.plan_launch(2, 8, length, 4, 2 if form == "grouped" else 1, torch.device(DEVICE))
+    assert plan.fwd_sequential == (seq != "0") and plan.n_seg == (1 if seg is None else -(-length // seg))
+    _compare(_inputs(2, 8, length, 4, form, groups=2, h0=True, seed=length + 7), reverse=reverse)
 
 
 @pytest.mark.parametrize("key,value", [("MAMBASUITE_SCAN_BWD_MAXNREG", "lots"), ("MAMBASUITE_SCAN_BLOCK_T", "-64")])
