@@ -34,13 +34,20 @@ __all__ = ["BACKENDS", "add_rms_norm", "bidirectional_scan", "causal_conv1d", "c
            "triton_available"]
 
 
+_TRITON_IMPORTS: bool | None = None  # memoised: every op call asks (a plain global, which torch.compile traces)
+
+
 def triton_available() -> bool:
     """True when the Triton package imports (it is a Linux-only dependency)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    global _TRITON_IMPORTS
+    if _TRITON_IMPORTS is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_IMPORTS = True
+        except ImportError:
+            _TRITON_IMPORTS = False
+    return _TRITON_IMPORTS
 
 
 def _interpreting() -> bool:

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .eager import EagerOp
+from .host import cdiv, next_pow2
 
 
 @triton.jit
@@ -61,7 +62,7 @@ def _add_rms_norm_bwd_kernel(g_ptr, gr_ptr, r_ptr, rstd_ptr, w_ptr, dx_ptr, dres
 
 def _blocks(dim: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps): whole rows per program, ~4K elements per program."""
-    block_n = triton.next_power_of_2(dim)
+    block_n = next_pow2(dim)
     block_m = max(1, min(16, 4096 // block_n))
     return block_m, block_n, 4 if block_n * block_m <= 4096 else 8
 
@@ -74,7 +75,7 @@ def _norm_fwd(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tens
     new_res = torch.empty(m, n, dtype=res_dtype, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     block_m, block_n, warps = _blocks(n)
-    _add_rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+    _add_rms_norm_fwd_kernel[(cdiv(m, block_m),)](
         x, residual if residual is not None else x, weight, out, new_res, rstd, m, n, eps,
         HAS_RES=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return out, new_res, rstd
@@ -94,7 +95,7 @@ def _norm_bwd(g: torch.Tensor, gr: torch.Tensor | None, new_res: torch.Tensor, r
     """Returns d x (M, N) x_dtype, d residual (M, N) res_dtype (empty when there was no residual), d weight."""
     m, n = g.shape
     block_m, block_n, warps = _blocks(n)
-    grid = triton.cdiv(m, block_m)
+    grid = cdiv(m, block_m)
     dx = torch.empty(m, n, dtype=x_dtype, device=g.device)
     dres = torch.empty(m, n, dtype=res_dtype, device=g.device) if res_dtype is not None else dx.new_empty(0)
     dw_part = torch.empty(grid, n, dtype=torch.float32, device=g.device)

@@ -27,13 +27,14 @@ the partials are summed in a fixed order (deterministic, no atomics).
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from .eager import EagerOp
+from .host import cdiv, env_reader, next_pow2
 
 _MAX_EXTENT = 2**31 - 1
 
@@ -422,9 +423,12 @@ def _check_extent(name: str, t: torch.Tensor) -> None:
                          f"offsets reach; split the batch row or use backend='reference'")
 
 
-def _env_block(name: str, default: int, minimum: int) -> int:
-    """An integer tile override from the environment (a power of two >= minimum), or `default`."""
-    text = os.environ.get(name)
+_ENV_KEYS = ("BLOCK_D", "BLOCK_L", "WARPS", "RUN", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_TILES")
+_read_env = env_reader(*(f"MAMBASUITE_CONV_{k}" for k in _ENV_KEYS))
+
+
+def _env_block(name: str, text: str | None, default: int, minimum: int) -> int:
+    """The tile override `text` of variable `name` (a power of two >= minimum), or `default` when unset."""
     if not text:
         return default
     try:
@@ -447,25 +451,33 @@ def _plan(x: torch.Tensor, backward: bool) -> tuple[int, int, int, int, int, int
     MAMBASUITE_CONV_BWD_BLOCK_D / _BLOCK_L / _WARPS the backward's alone. BLOCK_L is a multiple of RUN; a run
     longer than a short sequence's tile is cut to the tile unless it was asked for explicitly (then refused)."""
     _, dim, length = x.shape
-    if is_channel_last(x):
-        block_d = min(128 if backward else 64, triton.next_power_of_2(dim))
-        block_l = min(max(4, triton.next_power_of_2(length)), 2048 // block_d)
+    return _plan_for(is_channel_last(x), dim, length, backward, _read_env())
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_for(channel_last: bool, dim: int, length: int, backward: bool, env: tuple[str | None, ...]):
+    """`_plan` for a layout, shape and pass, memoised (host time per call): env holds the override variables'
+    values, so a changed override is a new key."""
+    overrides = dict(zip(_ENV_KEYS, env))
+    if channel_last:
+        block_d = min(128 if backward else 64, next_pow2(dim))
+        block_l = min(max(4, next_pow2(length)), 2048 // block_d)
         warps, run = 4, (8 if backward else 4)
     else:
-        block_l = min(256 if backward else 512, max(4, triton.next_power_of_2(length)))
-        block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_l))
+        block_l = min(256 if backward else 512, max(4, next_pow2(length)))
+        block_d = min(next_pow2(dim), max(1, 2048 // block_l))
         warps, run = (8 if backward else 4), 8
     # both passes read the plain names; the backward's MAMBASUITE_CONV_BWD_* take precedence over them
-    for prefix in ("MAMBASUITE_CONV_", "MAMBASUITE_CONV_BWD_") if backward else ("MAMBASUITE_CONV_",):
-        block_d = _env_block(prefix + "BLOCK_D", block_d, 1)
-        block_l = _env_block(prefix + "BLOCK_L", block_l, 4)
-        warps = _env_block(prefix + "WARPS", warps, 1)
-    if os.environ.get("MAMBASUITE_CONV_RUN"):
-        run = _env_block("MAMBASUITE_CONV_RUN", run, 4)
+    for prefix in ("", "BWD_") if backward else ("",):
+        block_d = _env_block(f"MAMBASUITE_CONV_{prefix}BLOCK_D", overrides[prefix + "BLOCK_D"], block_d, 1)
+        block_l = _env_block(f"MAMBASUITE_CONV_{prefix}BLOCK_L", overrides[prefix + "BLOCK_L"], block_l, 4)
+        warps = _env_block(f"MAMBASUITE_CONV_{prefix}WARPS", overrides[prefix + "WARPS"], warps, 1)
+    if overrides["RUN"]:
+        run = _env_block("MAMBASUITE_CONV_RUN", overrides["RUN"], run, 4)
         if run > 8 or run > block_l:
             raise ValueError(f"MAMBASUITE_CONV_RUN={run}: expected 4 or 8, at most the tile's {block_l} steps")
     run = min(run, block_l)
-    return block_d, block_l, triton.cdiv(dim, block_d), triton.cdiv(length, block_l), warps, run
+    return block_d, block_l, cdiv(dim, block_d), cdiv(length, block_l), warps, run
 
 
 def _tiles_per_program(n_lt: int) -> int:
@@ -475,7 +487,7 @@ def _tiles_per_program(n_lt: int) -> int:
     tiles = 1
     while tiles < 16 and n_lt // (2 * tiles) >= 64:
         tiles *= 2
-    return _env_block("MAMBASUITE_CONV_BWD_TILES", tiles, 1)
+    return _env_block("MAMBASUITE_CONV_BWD_TILES", _read_env()[-1], tiles, 1)
 
 
 def _on_device(x: torch.Tensor):
@@ -527,7 +539,7 @@ def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     width = weight.shape[1]
     block_d, block_l, n_dt, n_lt, warps, run = _plan(x, backward=True)
     tiles = _tiles_per_program(n_lt)
-    n_lg = triton.cdiv(n_lt, tiles)
+    n_lg = cdiv(n_lt, tiles)
     dx = _empty_in_layout(x)
     dh0 = _empty_in_layout(initial_states) if initial_states is not None else x.new_empty(0)
     dw_part = torch.empty(batch * n_lg, dim, width, dtype=torch.float32, device=x.device)

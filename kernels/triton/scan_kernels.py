@@ -393,7 +393,7 @@ def _fwd_seq_program(
     b_row = B_ptr + b * s_b0 + grp_b * s_b1
     c_row = C_ptr + b * s_c0 + grp_c * s_c1
     ck_row = (b * DIM + offs_d) * N_TILES * N  # (batch, dim, n_tiles, N) checkpoints
-    bc_k = tl.arange(0, 2 * N_PAD)
+    n_k = tl.arange(0, N_PAD)
     dt_sum = zero
 
     for i in tl.range(0, seg_stop - seg_start, num_stages=SEQ_STAGES):
@@ -420,31 +420,25 @@ def _fwd_seq_program(
         dt_sum += dt
         dtu = dt * u
         dt2 = dt * LOG2E
-        if B_VAR or C_VAR:
-            # B[t] and C[t] of every state in one load spread over the lanes (B's N_PAD values, then C's); each
-            # channel gets state n's by a gather below, one shuffle inside a one-warp program. (A scalar load per
-            # state and step costs an address computation and a conversion each: 376 against 252 SASS instructions
-            # per step, offline sm_90 compile of a 32-channel one-warp program.)
-            nn = bc_k % N_PAD
-            if B_VAR and C_VAR:
-                bc_ok = nn < N
-            elif B_VAR:
-                bc_ok = (bc_k < N_PAD) & (nn < N)
-            else:
-                bc_ok = (bc_k >= N_PAD) & (nn < N)
-            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + pos * s_b3, c_row + nn * s_c2 + pos * s_c3)
-            bc = tl.load(bc_ptr, mask=bc_ok, other=0.0).to(tl.float32)
+        # B[t] and C[t] of every state: one load each, spread over the lanes; each channel gets state n's value by a
+        # gather below, one shuffle inside a one-warp program. (A scalar load per state and step costs an address
+        # computation and a conversion each: 376 against 260 SASS instructions per step, offline sm_90 compile of a
+        # 32-channel one-warp program.)
+        if B_VAR:
+            b_vec = tl.load(b_row + n_k * s_b2 + pos * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
+        if C_VAR:
+            c_vec = tl.load(c_row + n_k * s_c2 + pos * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
         y = zero
         for n in tl.static_range(N_PAD):
             if B_VAR:
-                b_n = tl.gather(bc, tl.full((BLOCK_D,), n, tl.int32), 0)
+                b_n = tl.gather(b_vec, tl.full((BLOCK_D,), n, tl.int32), 0)
             else:
                 b_n = b_cols[n]
             h = tl.exp2(dt2 * a2[n]) * hs[n] + dtu * b_n
             hs = _with(hs, n, h)
             if not STATE_ONLY:
                 if C_VAR:
-                    c_n = tl.gather(bc, tl.full((BLOCK_D,), N_PAD + n, tl.int32), 0)
+                    c_n = tl.gather(c_vec, tl.full((BLOCK_D,), n, tl.int32), 0)
                 else:
                     c_n = c_cols[n]
                 y += h * c_n

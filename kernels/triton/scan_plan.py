@@ -6,10 +6,11 @@ Kept apart from the launchers so that every op built on the scan core (single, b
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
+
+from .host import env_reader
 
 # Tile shapes (time steps, channels, warps), forward and backward separately, from the H200 sweeps of 2026-11-29
 # (BENCHMARKS.md). One-warp programs have no cross-warp barriers, and inside one warp a right-to-left scan reverses
@@ -49,7 +50,7 @@ TILE_PLANS = (
 MULTI_DIRECTION_PLANS = (
     # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200);
     # session 9 (same call), tiled / step-by-step forward: fwd 1.115 / 1.031 ms, fwd+bwd 4.140 / 4.056
-    (256, None, (128, 4, 1), (128, 4, 1), 1, (32, 1, 1)),
+    (256, None, (128, 4, 1), (128, 2, 1, 128), 1, (32, 1, 1)),
     # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
     # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
     (16384, None, (1024, 1, 1), (256, 2, 1), 1, None),
@@ -58,9 +59,12 @@ MULTI_DIRECTION_PLANS = (
 )
 
 
+_read_deterministic = env_reader("MAMBASUITE_DETERMINISTIC")
+
+
 def deterministic_mode() -> bool:
     """True when backward must be bitwise reproducible (torch flag or MAMBASUITE_DETERMINISTIC=1)."""
-    return torch.are_deterministic_algorithms_enabled() or os.environ.get("MAMBASUITE_DETERMINISTIC") == "1"
+    return torch.are_deterministic_algorithms_enabled() or _read_deterministic()[0] == "1"
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS"
                                                      "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS",
                                                      "SEQ"))
 _SEQ_ENV = _TILE_ENV[10]
+_read_overrides = env_reader(*_TILE_ENV)
 SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
 SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
@@ -181,7 +186,7 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     """
     # Plans are memoised: every scan call plans (forward and backward), and at small shapes the host time of a
     # call is what a user waits for. The overrides are part of the key, so changing them takes effect at once.
-    overrides = tuple(os.environ.get(k) for k in _TILE_ENV)
+    overrides = _read_overrides()
     return _plan(batch, dim, length, d_state, groups, device, directions, overrides, FORCE_SEG_LEN)
 
 
