@@ -394,6 +394,7 @@ def _fwd_seq_program(
     c_row = C_ptr + b * s_c0 + grp_c * s_c1
     ck_row = (b * DIM + offs_d) * N_TILES * N  # (batch, dim, n_tiles, N) checkpoints
     n_k = tl.arange(0, N_PAD)
+    bc_k = tl.arange(0, 2 * N_PAD)
     dt_sum = zero
 
     for i in tl.range(0, seg_stop - seg_start, num_stages=SEQ_STAGES):
@@ -420,14 +421,23 @@ def _fwd_seq_program(
         dt_sum += dt
         dtu = dt * u
         dt2 = dt * LOG2E
-        # B[t] and C[t] of every state: one load each, spread over the lanes; each channel gets state n's value by a
-        # gather below, one shuffle inside a one-warp program. (A scalar load per state and step costs an address
-        # computation and a conversion each: 376 against 260 SASS instructions per step, offline sm_90 compile of a
-        # 32-channel one-warp program.)
-        if B_VAR:
-            b_vec = tl.load(b_row + n_k * s_b2 + pos * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
-        if C_VAR:
-            c_vec = tl.load(c_row + n_k * s_c2 + pos * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
+        # B[t] and C[t] of every state, loaded spread over the lanes; each channel gets state n's value by a gather
+        # below, one shuffle inside a one-warp program. (A scalar load per state and step costs an address
+        # computation and a conversion each: 376 against 256 SASS instructions per step, offline sm_90 compile of a
+        # 32-channel one-warp program.) B and C of one dtype share one load (B's N_PAD values, then C's): H200,
+        # session 9, fwd at (64, 768, 197, 16) 0.37 ms against 0.41 with two loads.
+        if B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype:
+            nn = bc_k % N_PAD
+            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + pos * s_b3, c_row + nn * s_c2 + pos * s_c3)
+            b_vec = tl.load(bc_ptr, mask=nn < N, other=0.0).to(tl.float32)
+            c_vec = b_vec
+            c_first = N_PAD
+        else:
+            if B_VAR:
+                b_vec = tl.load(b_row + n_k * s_b2 + pos * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
+            if C_VAR:
+                c_vec = tl.load(c_row + n_k * s_c2 + pos * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
+            c_first = 0
         y = zero
         for n in tl.static_range(N_PAD):
             if B_VAR:
@@ -438,7 +448,7 @@ def _fwd_seq_program(
             hs = _with(hs, n, h)
             if not STATE_ONLY:
                 if C_VAR:
-                    c_n = tl.gather(c_vec, tl.full((BLOCK_D,), n, tl.int32), 0)
+                    c_n = tl.gather(c_vec, tl.full((BLOCK_D,), c_first + n, tl.int32), 0)
                 else:
                     c_n = c_cols[n]
                 y += h * c_n
@@ -613,7 +623,7 @@ def _bwd_program(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
-    COLUMNS: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
+    COLUMNS: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):
@@ -799,7 +809,10 @@ def _bwd_program(
     if CARRY_ONLY:
         tl.store(seg_e_ptr + ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
     else:
-        tl.store(dA_ptr + part_off, dA_acc, mask=mask_dn)
+        if ATOMIC_BC:  # one (dim, N) sum (partials per (batch, segment) were 3 MiB at (64, 768, 197, 16))
+            tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
+        else:  # deterministic: a partial per (batch, segment), summed in a fixed order
+            tl.store(dA_ptr + part_off, dA_acc, mask=mask_dn)
         if not B_VAR:
             tl.store(dB_ptr + part_off, dB_acc, mask=mask_dn)
         if not C_VAR:
@@ -810,7 +823,7 @@ def _bwd_program(
             is_first = seg == N_SEG - 1
         else:
             is_first = seg == 0
-        if is_first:  # carry after the first step in scan order = a_0 * dh_0 = d(initial_state)
+        if NEED_DH0 and is_first:  # carry after the first step in scan order = a_0 * dh_0 = d(initial_state)
             tl.store(dh0_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
 
 
@@ -824,7 +837,8 @@ def _bwd_route(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
+    NEED_DH0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr, dir_u, dir_dt,
     dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
     dir_dB, dir_dC, dir_row,
@@ -841,8 +855,8 @@ def _bwd_route(
         dir_row, dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES,
         N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
         s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE,
-        CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
-        GATHER_FLIP,
+        CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+        CKPT_RATIO, GATHER_FLIP,
     )
 
 
@@ -858,7 +872,8 @@ def selective_scan_bwd_kernel(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
+    NEED_DH0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64,
     dir_D: tl.int64, dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
@@ -873,8 +888,9 @@ def selective_scan_bwd_kernel(
             GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td,
             s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
             HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ,
-            BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, REVERSE,
+            NEED_DH0, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
+            dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row,
+            REVERSE,
             False,
         )
     else:
@@ -887,7 +903,8 @@ def selective_scan_bwd_kernel(
                     DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
@@ -898,7 +915,8 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
@@ -910,7 +928,8 @@ def selective_scan_bwd_kernel(
                     DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
                 )
@@ -921,7 +940,8 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
                 )
@@ -932,7 +952,8 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
                 )
@@ -943,7 +964,8 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
                     MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
                 )

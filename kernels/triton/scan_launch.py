@@ -203,7 +203,7 @@ class Gradients:
     """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
 
     du: (K, batch, dim, L), or (batch, dim, L) fp32 when u is shared (2D routes); ddelta (K, batch, dim, L);
-    dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32;
+    dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
     dz (batch, dim, L) (fp32 when several directions share z) or None.
     """
 
@@ -214,19 +214,20 @@ class Gradients:
     dC: torch.Tensor
     dD: torch.Tensor | None
     dbias: torch.Tensor | None
-    dh0: torch.Tensor
+    dh0: torch.Tensor | None
     dz: torch.Tensor | None
 
 
 def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.Tensor, dout_step: int,
                     dlast: torch.Tensor | None, state: ForwardState, *, plan: LaunchPlan, softplus: bool,
                     deterministic: bool, reverse: bool = False, shared_u: bool = False,
-                    map_hw: tuple[int, int] = (1, 1)) -> Gradients:
+                    map_hw: tuple[int, int] = (1, 1), need_dh0: bool = False) -> Gradients:
     """Backward of `launch_forward` for the same directions, in one launch (two with segments).
 
     dout: direction 0's output gradient (batch, dim, L) with L contiguous; direction k's is at dout +
     k * dout_step (0: all directions receive the same gradient). dlast: (K, batch, dim, N) fp32 contiguous or
-    None. shared_u: every direction reads the same u (2D routes), so du is their sum.
+    None. shared_u: every direction reads the same u (2D routes), so du is their sum. need_dh0: compute the
+    gradient of an initial state (else Gradients.dh0 is None and nothing is allocated for it).
     """
     k_dirs = len(dirs)
     first = dirs[0]
@@ -256,11 +257,13 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     else:
         dz = torch.empty(batch, dim, length, dtype=z.dtype, device=dev)
     parts = batch * plan.n_seg
-    dA_part = torch.empty(k_dirs, parts, dim, d_state, **f32)
+    atomic_bc = not deterministic
+    # dA: one sum added to atomically, or (deterministic) a partial per (batch, segment) summed in a fixed order
+    dA_part = (torch.zeros(k_dirs, 1, dim, d_state, **f32) if atomic_bc
+               else torch.empty(k_dirs, parts, dim, d_state, **f32))
     dD_part = torch.empty(k_dirs, parts, dim, **f32)
     dbias_part = torch.empty(k_dirs, parts, dim, **f32)
-    dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32)
-    atomic_bc = not deterministic
+    dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32) if need_dh0 else dA_part  # (not written without need_dh0)
 
     def bc_grad_buffer(var: bool, groups: int):
         if not var:
@@ -286,7 +289,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
         *dout.stride(), *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
-                ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
+                ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
                 GATHER_FLIP=_gather_flip(tile), **_tile_options(tile))
     dummy = ddelta
@@ -314,5 +317,5 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
         dB=finish_bc(dB_buf, b_var, b_groups, first.B), dC=finish_bc(dC_buf, c_var, c_groups, first.C),
         dD=dD_part.sum(1).to(first.D.dtype) if first.D is not None else None,
         dbias=dbias_part.sum(1).to(first.delta_bias.dtype) if first.delta_bias is not None else None,
-        dh0=dh0, dz=dz,
+        dh0=dh0 if need_dh0 else None, dz=dz,
     )

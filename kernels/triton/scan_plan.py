@@ -35,7 +35,11 @@ TILE_PLANS = (
     # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1. Session 7 (one H200 call):
     # capping both kernels at 128 registers (16 resident warps per SM instead of 12) gave 0.518 / 1.751 ms against
     # 0.586 / 1.939 uncapped; 96 registers spill and were slower (1.991). Session 9: the step-by-step forward.
-    (256, None, (128, 2, 1, 128), (64, 2, 1, 128), 1, (32, 1, 1)),
+    # Backward 32 x 4 capped at 168 registers (session 9, same H200 call, fwd+bwd with the step-by-step forward):
+    # 1.563 ms against 1.677 for 64 x 2 / 128 (32 x 2 / 128: 1.688; 128 x 2: 1.783; 64 x 4: 1.872); its checkpoints
+    # every 32 steps cost 9 MiB more (104 MiB peak against mamba-ssm's 101), paid for by no longer allocating dh0
+    # without an initial state and by one atomic dA sum instead of per-batch partials (3 MiB each).
+    (256, None, (128, 2, 1, 128), (32, 4, 1, 168), 1, (32, 1, 1)),
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
     (16384, None, (1024, 1, 1), (256, 2, 1), 4, None),

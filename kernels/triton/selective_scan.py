@@ -54,22 +54,22 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, revers
 def _scan_bwd(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
               B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
               delta_bias: torch.Tensor | None, ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool,
-              reverse: bool, deterministic: bool) -> list[torch.Tensor]:
-    """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state]; absent inputs get
-    empty tensors."""
+              reverse: bool, deterministic: bool, need_dh0: bool) -> list[torch.Tensor]:
+    """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state]; absent inputs (and the initial
+    state's unless need_dh0) get empty tensors."""
     plan = plan_for(u, A, B, C)
     dout = dout.contiguous() if dout.stride(-1) != 1 else dout
     dlast = dlast.float().contiguous()[None] if dlast is not None else None
     g = launch_backward([ScanInputs(u, delta, A, B, C, D, delta_bias)], z, dout, 0, dlast,
                         ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan, softplus=delta_softplus,
-                        deterministic=deterministic, reverse=reverse)
+                        deterministic=deterministic, reverse=reverse, need_dh0=need_dh0)
     # A custom op's outputs may not alias each other: every absent gradient gets its own empty tensor.
     return [
         g.du[0], g.ddelta[0], g.dA[0], g.dB[0], g.dC[0],
         g.dD[0] if D is not None else u.new_empty(0),
         g.dz if z is not None else u.new_empty(0),
         g.dbias[0] if delta_bias is not None else u.new_empty(0),
-        g.dh0[0],
+        g.dh0[0] if need_dh0 else u.new_empty(0),
     ]
 
 
@@ -78,12 +78,12 @@ _bwd = EagerOp(_bwd_op, _scan_bwd)
 
 
 @_bwd_op.register_fake
-def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic):
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic, need_dh0):
     return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
             torch.empty_like(C), torch.empty_like(D) if D is not None else u.new_empty(0),
             torch.empty_like(z) if z is not None else u.new_empty(0),
             torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0),
-            u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)]
+            u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32) if need_dh0 else u.new_empty(0)]
 
 
 # ---------------------------------------------------------------------------------------- autograd
@@ -106,7 +106,8 @@ def _backward(ctx, dout, dlast, dckpt, dseg_p):  # dout / dlast: None when that 
     if dout is None:
         dout = torch.zeros_like(u)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _bwd(
-        dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic)
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, seg_p, delta_softplus, reverse, deterministic,
+        ctx.has_h0)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
             dbias if delta_bias is not None else None, dh0.to(ctx.h0_dtype) if ctx.has_h0 else None, None, None)
 

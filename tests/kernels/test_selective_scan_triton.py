@@ -149,15 +149,15 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
 
 
 def test_register_caps_from_the_plan_and_overrides(monkeypatch):
-    """Short sequences cap the backward and the tiled forward at 128 registers per thread (faster on the H200; the
-    default short forward is the step-by-step one, uncapped); an overridden tile drops the default cap unless
+    """Short sequences cap the backward at 168 registers per thread and the tiled forward at 128 (faster on the
+    H200; the default short forward is the step-by-step one, uncapped); an overridden tile drops the default cap unless
     MAMBASUITE_SCAN_MAXNREG / _BWD_MAXNREG set one; mid lengths leave registers to ptxas."""
     device = torch.device(DEVICE)
     short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
-    assert (short.fwd_sequential, short.fwd.max_regs, short.bwd.max_regs) == (True, 0, 128)
+    assert (short.fwd_sequential, short.fwd.max_regs, short.bwd.max_regs) == (True, 0, 168)
     monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "0")
     tiled = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
-    assert (tiled.fwd_sequential, tiled.fwd.max_regs, tiled.bwd.max_regs) == (False, 128, 128)
+    assert (tiled.fwd_sequential, tiled.fwd.max_regs, tiled.bwd.max_regs) == (False, 128, 168)
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).bwd.max_regs == 0
     monkeypatch.setenv("MAMBASUITE_SCAN_BWD_BLOCK_T", "32")
     overridden = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
@@ -173,7 +173,7 @@ def test_sequential_forward_plan_and_overrides(monkeypatch):
     unless MAMBASUITE_SCAN_SEQ is set as well."""
     device = torch.device(DEVICE)
     short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
-    assert short.fwd_sequential and short.ckpt_len == short.bwd.block_t == short.fwd.block_t == 64
+    assert short.fwd_sequential and short.ckpt_len == short.bwd.block_t == short.fwd.block_t == 32
     assert (short.fwd.block_d, short.fwd.num_warps, short.fwd_stages, short.fwd.n_dtiles) == (32, 1, 1, 1)
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device, directions=2).fwd_sequential
     assert not triton_scan.plan_launch(2, 8, 197, 32, 1, device).fwd_sequential  # states unrolled: N <= 16 only
@@ -287,6 +287,22 @@ def test_deterministic_mode_is_bitwise_reproducible(monkeypatch):
         selective_scan(**inp, delta_softplus=True, backend="triton").sum().backward()
         grads.append([inp[k].grad.clone() for k in sorted(inp)])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("h0", [False, True])
+def test_initial_state_gradient_is_computed_only_when_needed(monkeypatch, h0):
+    """Without an initial state the backward allocates and writes no dh0 (a (batch, dim, N) fp32 tensor: 3 MiB at
+    (64, 768, 197, 16)); with one, its gradient matches the float64 loop (test_triton_matches_float64_loop)."""
+    from mambasuite.kernels.triton import scan_launch
+
+    seen = []
+    real = scan_launch.launch_backward
+    monkeypatch.setattr(triton_scan, "launch_backward", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    inp = _inputs(2, 4, 40, 4, "variable", h0=h0, seed=41)
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if v is not None}
+    selective_scan(**leaves, delta_softplus=True, backend="triton").sum().backward()
+    assert (seen[0].dh0 is not None) == h0
+    assert (leaves.get("initial_state") is not None and leaves["initial_state"].grad is not None) == h0
 
 
 def test_triton_refuses_float64_and_bad_devices():
