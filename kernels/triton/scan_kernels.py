@@ -338,7 +338,9 @@ def _fwd_seq_program(
 
         h_n = exp2(dt * A_n * log2(e)) * h_n + (dt * u) * B_n[t]     y += h_n * C_n[t]
 
-    with B_n[t], C_n[t] scalars loaded once per step for the whole channel tile. There is no scan, no carry taken
+    with B[t] and C[t] loaded once per step for the whole channel tile and handed to each channel by a gather (one
+    shuffle per state inside a one-warp program; wider programs gather through shared memory, which the plan avoids).
+    There is no scan, no carry taken
     out of a tile and no cross-lane reduction, which are the fixed costs of `_fwd_program` per tile and state; what
     remains is one FMA of dependency per step. That wins for short rows, of which there are many (Vim at 224 px:
     L = 197, batch x dim = 49152 rows), and loses for long ones (few programs, per-step latency). The unrolled
@@ -377,7 +379,7 @@ def _fwd_seq_program(
                     p_s = _columns(seg_p_ptr, seg_row, 1, N, mask_d, N_PAD)
                     for n in tl.static_range(N_PAD):
                         hs = _with(hs, n, h_s[n] + p_s[n] * hs[n])
-    a2 = _columns(A_ptr, offs_d * s_ad, s_an, N, mask_d, N_PAD)
+    a_cols = _columns(A_ptr, offs_d * s_ad, s_an, N, mask_d, N_PAD)  # A[:, n]; exp2 takes dt * log2(e)
     if HAS_D:
         d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -424,8 +426,9 @@ def _fwd_seq_program(
         # B[t] and C[t] of every state, loaded spread over the lanes; each channel gets state n's value by a gather
         # below, one shuffle inside a one-warp program. (A scalar load per state and step costs an address
         # computation and a conversion each: 376 against 256 SASS instructions per step, offline sm_90 compile of a
-        # 32-channel one-warp program.) B and C of one dtype share one load (B's N_PAD values, then C's): H200,
-        # session 9, fwd at (64, 768, 197, 16) 0.37 ms against 0.41 with two loads.
+        # 32-channel one-warp program.) B and C of one dtype share one load (B's N_PAD values, then C's); of different
+        # dtypes (one pointer tensor cannot hold both) they take one each: H200, session 9, fwd at (64, 768, 197, 16)
+        # 0.368-0.379 ms with one load (calls 1-3) and 0.413 with two loads for every dtype (call 4), not one run.
         if B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype:
             nn = bc_k % N_PAD
             bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + pos * s_b3, c_row + nn * s_c2 + pos * s_c3)
@@ -444,7 +447,7 @@ def _fwd_seq_program(
                 b_n = tl.gather(b_vec, tl.full((BLOCK_D,), n, tl.int32), 0)
             else:
                 b_n = b_cols[n]
-            h = tl.exp2(dt2 * a2[n]) * hs[n] + dtu * b_n
+            h = tl.exp2(dt2 * a_cols[n]) * hs[n] + dtu * b_n
             hs = _with(hs, n, h)
             if not STATE_ONLY:
                 if C_VAR:
@@ -467,7 +470,7 @@ def _fwd_seq_program(
         seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N
         _store_columns(seg_h_ptr, seg_row, 1, hs, N, mask_d, N_PAD)
         for n in tl.static_range(N_PAD):
-            tl.store(seg_p_ptr + seg_row + n, tl.exp2(a2[n] * LOG2E * dt_sum), mask=mask_d & (n < N))
+            tl.store(seg_p_ptr + seg_row + n, tl.exp2(a_cols[n] * LOG2E * dt_sum), mask=mask_d & (n < N))
     else:
         if REVERSE:
             is_final = seg == 0
