@@ -125,6 +125,28 @@ def _load_bc(ptr, b, grp, n, offs_d, offs_t, mask_d, mask_t, s0, s1, s2, s3, VAR
 
 
 @triton.jit
+def _preceding_segment(i, n_seg, seg, FROM_LATER: tl.constexpr):
+    """(s, precedes): the i-th segment in scan order, farthest first, and whether it precedes `seg`.
+    FROM_LATER: the segments that precede in scan order are those with larger indices."""
+    if FROM_LATER:
+        s = n_seg - 1 - i
+        precedes = s > seg
+    else:
+        s = i
+        precedes = s < seg
+    return s, precedes
+
+
+@triton.jit
+def _is_last_segment(seg, n_seg, REVERSE: tl.constexpr):
+    """Whether `seg` ends the scan (the one that writes the last state)."""
+    if REVERSE:
+        return seg == 0
+    else:
+        return seg == n_seg - 1
+
+
+@triton.jit
 def _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, n_seg, offs_d, offs_n, mask_dn, DIM, N,
                    FROM_LATER: tl.constexpr, SEG_MODE: tl.constexpr):
     """Fold the segments that precede `seg` in scan order into `state` (BLOCK_D, N_PAD).
@@ -135,12 +157,7 @@ def _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, n_seg, offs_d, offs_n, m
     """
     if SEG_MODE == 1:
         for i in range(n_seg):  # segments that do not precede `seg` are skipped
-            if FROM_LATER:  # farthest segment first
-                s = n_seg - 1 - i
-                precedes = s > seg
-            else:
-                s = i
-                precedes = s < seg
+            s, precedes = _preceding_segment(i, n_seg, seg, FROM_LATER)
             if precedes:
                 off = ((b * n_seg + s) * DIM + offs_d[:, None]) * N + offs_n[None, :]
                 h_s = tl.load(seg_h_ptr + off, mask=mask_dn, other=0.0)
@@ -289,11 +306,7 @@ def _fwd_program(
         a_full = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0)
         tl.store(seg_p_ptr + seg_off, tl.exp2(a_full.to(tl.float32) * LOG2E * dt_sum[:, None]), mask=mask_dn)
     else:
-        if REVERSE:
-            is_final = seg == 0
-        else:
-            is_final = seg == N_SEG - 1
-        if is_final:
+        if _is_last_segment(seg, N_SEG, REVERSE):
             tl.store(last_ptr + (b * DIM + offs_d[:, None]) * N + offs_n[None, :], state, mask=mask_dn)
 
 
@@ -367,12 +380,7 @@ def _fwd_seq_program(
             hs = _columns(h0_ptr, state_row, 1, N, mask_d, N_PAD)
         if SEG_MODE == 1:  # fold the segments that precede this one in scan order (see _segment_entry)
             for i in range(N_SEG):
-                if REVERSE:
-                    s = N_SEG - 1 - i
-                    precedes = s > seg
-                else:
-                    s = i
-                    precedes = s < seg
+                s, precedes = _preceding_segment(i, N_SEG, seg, REVERSE)
                 if precedes:
                     seg_row = ((b * N_SEG + s) * DIM + offs_d) * N
                     h_s = _columns(seg_h_ptr, seg_row, 1, N, mask_d, N_PAD)
@@ -472,11 +480,7 @@ def _fwd_seq_program(
         for n in tl.static_range(N_PAD):
             tl.store(seg_p_ptr + seg_row + n, tl.exp2(a_cols[n] * LOG2E * dt_sum), mask=mask_d & (n < N))
     else:
-        if REVERSE:
-            is_final = seg == 0
-        else:
-            is_final = seg == N_SEG - 1
-        if is_final:
+        if _is_last_segment(seg, N_SEG, REVERSE):
             _store_columns(last_ptr, state_row, 1, hs, N, mask_d, N_PAD)
 
 
