@@ -638,7 +638,8 @@ def _bwd_program(
 
     BLOCK_T spans CKPT_RATIO of the forward's checkpoint intervals (N_TILES of them per row, one every
     min(forward, backward tile) steps), so the backward has its own tile length, channel tile and warps.
-    GATHER_FLIP: one-warp programs run the right-to-left scan on tiles reversed with tl.gather (_linear_scan).
+    GATHER_FLIP (one-warp programs): 1 runs the right-to-left scan on tiles reversed with tl.gather (_linear_scan);
+    2 also takes a_{t+1} from a by a gather (SHIFT_A) instead of a second exp2 per element.
 
     The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
     e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
@@ -687,6 +688,14 @@ def _bwd_program(
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
+    SHIFT_A: tl.constexpr = GATHER_FLIP == 2
+    if SHIFT_A:  # where a_next (against the scan order: reversed for forward scans) takes each element from
+        if REVERSE:
+            shift = tl.maximum(cols - 1, 0)
+        else:  # reversed position j holds step BLOCK_T - 1 - j, whose a_next is a at step BLOCK_T - j
+            shift = tl.minimum(BLOCK_T - cols, BLOCK_T - 1)
+        shift_idx = shift[None, :] + tl.zeros((BLOCK_D, BLOCK_T), tl.int32)
+
     for i in range(n_tiles):
         if REVERSE:
             tile = tile0 + i
@@ -703,25 +712,29 @@ def _bwd_program(
             ckpt_tile = tile * CKPT_RATIO
         u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
         dt_raw = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
-        # dt one step later in scan order, for a_{t+1}; only its value at valid positions matters
-        if REVERSE:
-            offs_s = offs_t - 1
-        else:
-            offs_s = offs_t + 1
-        m2s = mask_d[:, None] & ((offs_s >= 0) & (offs_s < L))[None, :]
-        dt_next = _load_tile(dt_ptr, b, offs_d, _positions(offs_s, MAP_H, MAP_W, COLUMNS), s_tb, s_td, s_tt, m2s)
         if HAS_BIAS:
             dt_raw += bias[:, None]
-            dt_next += bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt_raw)
-            dt_next = _softplus(dt_next)
         else:
             dt = dt_raw
         dt = tl.where(m2, dt, 0.0)
-        dt_next = tl.where(m2s, dt_next, 0.0)
-        if GATHER_FLIP and not REVERSE:  # the dh scan runs right to left on reversed tiles: reverse dt_next once
-            dt_next = _flip(dt_next, BLOCK_T)
+        if not SHIFT_A:
+            # dt one step later in scan order, for a_{t+1}; only its value at valid positions matters. (SHIFT_A
+            # shifts a itself instead: see a_next below.)
+            if REVERSE:
+                offs_s = offs_t - 1
+            else:
+                offs_s = offs_t + 1
+            m2s = mask_d[:, None] & ((offs_s >= 0) & (offs_s < L))[None, :]
+            dt_next = _load_tile(dt_ptr, b, offs_d, _positions(offs_s, MAP_H, MAP_W, COLUMNS), s_tb, s_td, s_tt, m2s)
+            if HAS_BIAS:
+                dt_next += bias[:, None]
+            if SOFTPLUS:
+                dt_next = _softplus(dt_next)
+            dt_next = tl.where(m2s, dt_next, 0.0)
+            if GATHER_FLIP and not REVERSE:  # the dh scan runs right to left on reversed tiles: reverse dt_next once
+                dt_next = _flip(dt_next, BLOCK_T)
         dy = _load_tile(dout_ptr, b, offs_d, pos, s_gb, s_gd, s_gt, m2)
         if HAS_Z:
             zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
@@ -736,7 +749,14 @@ def _bwd_program(
             sel = offs_n[None, :] == n
             a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
             a = tl.exp2(dt * (a_nat * LOG2E)[:, None])
-            a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
+            if SHIFT_A:
+                # a_{t+1} is a shifted one step against the scan order, by a gather inside the warp (a shuffle per
+                # register, against an exp2 per element). The dh scan starts at the tile's last step in scan order,
+                # where a_next is never used (the carry brings a_{t+1} dh_{t+1} from the next tile), so the index
+                # there only has to stay inside the tile. Forward scans take a_next already reversed.
+                a_next = tl.gather(a, shift_idx, 1)
+            else:
+                a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
             c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, pos, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             g = dy * c_n
             g = tl.where(last_col, g + _column(carry, sel)[:, None], g)

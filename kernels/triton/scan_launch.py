@@ -291,7 +291,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
-                GATHER_FLIP=_gather_flip(tile), **_tile_options(tile))
+                GATHER_FLIP=_gather_flip(tile) * (2 if plan.bwd_shift_a else 1), **_tile_options(tile))
     dummy = ddelta
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy, dout]

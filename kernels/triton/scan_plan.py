@@ -43,10 +43,12 @@ TILE_PLANS = (
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
     (16384, None, (1024, 1, 1), (256, 2, 1), 4, None),
-    # long sequences: two-warp forward programs give the parallelism without segments (session 5); session 6 at
-    # (2, 512, 131072, 16): 5.030 / 15.327 ms against 4.622 / 18.149 with the backward tile 1024:2:4 and 5.044 /
-    # 19.946 with 256:2:1 (half the programs)
-    (None, None, (1024, 1, 2), (256, 1, 1), 4, None),
+    # long sequences, session 6 at (2, 512, 131072, 16): 5.030 / 15.327 ms against 4.622 / 18.149 with the backward
+    # tile 1024:2:4 and 5.044 / 19.946 with 256:2:1 (half the programs). Session 10 (one H200 call, a_{t+1} shifted):
+    # a one-warp forward 1024:1:1 took 2.873 / 12.585 ms against 5.033 / 14.716 for the two-warp 1024:1:2 kept since
+    # session 5 (2048:1:2 3.523 / 13.269; 1024:1:2 capped at 128 registers 2.981 / 12.644); unroll 8 / 2 / 1: 2.837 /
+    # 3.144 / 3.400 ms forward (call 2)
+    (None, None, (1024, 1, 1), (256, 1, 1), 4, None),
 )
 # Launches of several directions (bidirectional: 2, 2D routes: 4) do not unroll the forward: the 2D four-route forward
 # at (64, 192, 56, 56, 16) took 16.0 ms unrolled 4 times against 12.8 ms without (session 5, same H200 call). Their
@@ -89,7 +91,9 @@ class LaunchPlan:
 
     fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
     loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
-    over steps pipelined fwd_stages stages; its block_t is the backward's). The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles
+    over steps pipelined fwd_stages stages; its block_t is the backward's). bwd_shift_a: a one-warp backward takes
+    a_{t+1} from a by a gather, not a second exp2. The forward checkpoints the state every ckpt_len = min(fwd, bwd
+    block_t) steps: n_tiles
     checkpoints per row, ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a
     multiple of both tiles) run in parallel.
     """
@@ -99,6 +103,7 @@ class LaunchPlan:
     fwd_unroll: int
     fwd_sequential: bool
     fwd_stages: int
+    bwd_shift_a: bool
     ckpt_len: int
     ckpt_ratio: int
     n_tiles: int
@@ -143,9 +148,15 @@ def _next_pow2(n: int) -> int:
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T",
                                                      "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS",
-                                                     "SEQ"))
+                                                     "SEQ", "SHIFT_A"))
 _SEQ_ENV = _TILE_ENV[10]
 _read_overrides = env_reader(*_TILE_ENV)
+# One-warp backward tiles take a_{t+1} as a shifted a (a gather inside the warp) instead of a second exp2 per element;
+# MAMBASUITE_SCAN_SHIFT_A=0/1 overrides. Session 10, one H200 call, fwd+bwd ms with the shift / without:
+# (64, 768, 197, 16) 1.463 / 1.483; (8, 3072, 2048, 16) 3.713 / 4.189; (8, 768, 4096, 16) 1.877 / 2.046;
+# (2, 512, 131072, 16) 14.716 / 15.483 (the two-warp forward of then). Offline sm_90 SASS of the 256:2:1 backward's
+# loop per state: 32 -> 16 MUFU and 144 -> 128 FMUL for 110 -> 140 SHFL, and no more register spills.
+BWD_SHIFT_A = True
 SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
 SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
@@ -197,9 +208,12 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 @functools.lru_cache(maxsize=1024)
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
-    for key, value in zip(_TILE_ENV[:10], overrides):  # checked here, once per distinct setting (the plan is cached)
+    numeric = [i for i in range(len(_TILE_ENV)) if i != 10]  # all but _SEQ; checked once per setting (cached plan)
+    for key, value in ((_TILE_ENV[i], overrides[i]) for i in numeric):
         if value and not value.strip().isdigit():
             raise ValueError(f"{key}={value!r}: expected a non-negative integer")
+    if overrides[11] and overrides[11].strip() not in ("0", "1"):
+        raise ValueError(f"{_TILE_ENV[11]}={overrides[11]!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
     fwd_default, bwd_default, unroll, seq = _default_tiles(batch * dim, length, directions)
     env_fwd = any(overrides[:4])
     # A forward tile set through the environment is honoured: the tiled forward runs, unless _SEQ is set as well.
@@ -243,6 +257,7 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
         fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages if seq is not None else 1,
+        bwd_shift_a=bwd_w == 1 and (overrides[11].strip() != "0" if overrides[11] else BWD_SHIFT_A),
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

@@ -140,7 +140,7 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_unroll == 1
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_unroll == 4
     long_plan = triton_scan.plan_launch(2, 8, 131072, 4, 1, device)
-    assert (long_plan.fwd_unroll, long_plan.fwd.block_t, long_plan.fwd.num_warps) == (4, 1024, 2)
+    assert (long_plan.fwd_unroll, long_plan.fwd.block_t, long_plan.fwd.num_warps) == (4, 1024, 1)
     bidir = triton_scan.plan_launch(2, 8, 131072, 4, 1, device, directions=2)
     assert (bidir.fwd_unroll, bidir.fwd.block_t, bidir.bwd.block_t) == (1, 256, 256)
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=4).fwd_unroll == 1
@@ -222,6 +222,35 @@ def test_sequential_forward_matches_float64_loop(monkeypatch, length, form, reve
     plan = triton_scan.plan_launch(2, 8, length, 4, 2 if form == "grouped" else 1, torch.device(DEVICE))
     assert plan.fwd_sequential == (seq != "0") and plan.n_seg == (1 if seg is None else -(-length // seg))
     _compare(_inputs(2, 8, length, 4, form, groups=2, h0=True, seed=length + 7), reverse=reverse)
+
+
+@pytest.mark.parametrize("shift,reverse,seg", [("1", False, None), ("1", True, 64), ("0", False, 64), ("0", True, None)])
+def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
+    """One-warp backward tiles take a_{t+1} either as a shifted by a gather (MAMBASUITE_SCAN_SHIFT_A=1, the default) or
+    from a second exp2 of the next step's delta (=0): both exact, across tiles (the shift never crosses one), masked
+    tails (L = 100 in 16-step tiles) and segment boundaries, in both scan directions."""
+    monkeypatch.setenv("MAMBASUITE_SCAN_SHIFT_A", shift)
+    for key, value in dict(BLOCK_T=16, BLOCK_D=2, WARPS=1, BWD_BLOCK_T=16, BWD_BLOCK_D=2, BWD_WARPS=1).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    plan = triton_scan.plan_launch(1, 4, 100, 4, 1, torch.device(DEVICE))
+    assert plan.bwd_shift_a == (shift == "1") and plan.n_seg == (1 if seg is None else 2)
+    _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=29), reverse=reverse)
+
+
+def test_shift_a_default_and_override(monkeypatch):
+    """The shift is the default of one-warp backward tiles only (a gather across warps goes through shared memory);
+    any value but 0 or 1 is refused by name."""
+    device = torch.device(DEVICE)
+    assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd_shift_a
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_WARPS", "2")
+    assert not triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd_shift_a
+    monkeypatch.delenv("MAMBASUITE_SCAN_BWD_WARPS")
+    monkeypatch.setenv("MAMBASUITE_SCAN_SHIFT_A", "0")
+    assert not triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd_shift_a
+    monkeypatch.setenv("MAMBASUITE_SCAN_SHIFT_A", "2")
+    with pytest.raises(ValueError, match="MAMBASUITE_SCAN_SHIFT_A='2'"):
+        triton_scan.plan_launch(2, 8, 197, 4, 1, device)
 
 
 @pytest.mark.parametrize("key,value", [("MAMBASUITE_SCAN_BWD_MAXNREG", "lots"), ("MAMBASUITE_SCAN_BLOCK_T", "-64")])
