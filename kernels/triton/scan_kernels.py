@@ -187,9 +187,12 @@ def _fwd_program(
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
-    GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr,
+    GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment).
+
+    STAGES: the loop over states is software-pipelined that many stages (its loads of A, B, C for the next states
+    are issued ahead, through shared memory); 1 leaves it as written.
 
     STATE_ONLY: write only the segment's end state (zero start) and its decay product into
     seg_h/seg_p. Otherwise write out, the state entering every CKPT_T-step interval (the checkpoints;
@@ -262,8 +265,8 @@ def _fwd_program(
         dt_sum += tl.sum(dt, axis=1)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        # unrolled UNROLL_N times (the plan's choice: faster at long tiles, slower at short ones)
-        for n in tl.range(0, N, loop_unroll_factor=UNROLL_N):
+        # unrolled UNROLL_N times (the plan's choice: faster at long tiles, slower at short ones) and pipelined
+        for n in tl.range(0, N, loop_unroll_factor=UNROLL_N, num_stages=STAGES):
             sel = offs_n[None, :] == n
             a_n = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
             a = tl.exp2(dt * a_n[:, None])
@@ -519,7 +522,7 @@ def _fwd_route(
             N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
             HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT,
-            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T,
+            BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, SEQ_STAGES,
         )
 
 

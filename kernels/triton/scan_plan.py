@@ -91,7 +91,8 @@ class LaunchPlan:
 
     fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
     loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
-    over steps pipelined fwd_stages stages; its block_t is the backward's). bwd_shift_a: a one-warp backward takes
+    over steps pipelined fwd_stages stages; its block_t is the backward's; a tiled forward pipelines its loop over
+    states fwd_stages stages). bwd_shift_a: a one-warp backward takes
     a_{t+1} from a by a gather, not a second exp2. The forward checkpoints the state every ckpt_len = min(fwd, bwd
     block_t) steps: n_tiles
     checkpoints per row, ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a
@@ -148,7 +149,7 @@ def _next_pow2(n: int) -> int:
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T",
                                                      "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS",
-                                                     "SEQ", "SHIFT_A"))
+                                                     "SEQ", "SHIFT_A", "FWD_STAGES"))
 _SEQ_ENV = _TILE_ENV[10]
 _read_overrides = env_reader(*_TILE_ENV)
 # One-warp backward tiles take a_{t+1} as a shifted a (a gather inside the warp) instead of a second exp2 per element;
@@ -157,6 +158,13 @@ _read_overrides = env_reader(*_TILE_ENV)
 # (2, 512, 131072, 16) 14.716 / 15.483 (the two-warp forward of then). Offline sm_90 SASS of the 256:2:1 backward's
 # loop per state: 32 -> 16 MUFU and 144 -> 128 FMUL for 110 -> 140 SHFL, and no more register spills.
 BWD_SHIFT_A = True
+# The tiled forward's loop over states is software-pipelined this many stages (loads of the next states' A, B, C
+# issued ahead through shared memory); MAMBASUITE_SCAN_FWD_STAGES overrides. Session 10, one H200 call, forward ms
+# with 2 / 1 / 3 stages: (8, 3072, 2048, 16) 0.980 / 0.988 / 1.394; (8, 768, 4096, 16) 0.499 / 0.543 / 0.710;
+# (2, 512, 131072, 16) 2.777 / 2.925 / 5.049. Multi-direction launches keep 1: with 2, the fused bidirectional forward
+# at (2, 512, 131072, 16) took 14.16 ms against 9.73, the 2D one at (64, 192, 56, 56, 16) 9.96 against 8.48 (a call
+# before). The backward's loop over states pipelined 2 stages was slower everywhere (1.46 -> 2.69 ms at L = 197).
+TILED_FWD_STAGES = 2
 SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
 SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
@@ -195,7 +203,9 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     the forward tile (and the backward's, unless MAMBASUITE_SCAN_BWD_BLOCK_T / _BWD_BLOCK_D / _BWD_WARPS /
     _BWD_MAXNREG are set),
     MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
-    which long rows are split into segments, MAMBASUITE_SCAN_SEQ the step-by-step forward ("0": tiled; "D:W[:S]");
+    which long rows are split into segments, MAMBASUITE_SCAN_SEQ the step-by-step forward ("0": tiled; "D:W[:S]"),
+    MAMBASUITE_SCAN_SHIFT_A the backward's a_{t+1} (0: a second exp2; 1: a shift), MAMBASUITE_SCAN_FWD_STAGES the
+    tiled forward's pipeline stages;
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -256,7 +266,9 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     return LaunchPlan(
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
-        fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages if seq is not None else 1,
+        fwd_unroll=unroll, fwd_sequential=seq is not None,
+        fwd_stages=fwd_stages if seq is not None else int(overrides[12] or 0) or (TILED_FWD_STAGES if directions == 1
+                                                                                  else 1),
         bwd_shift_a=bwd_w == 1 and (overrides[11].strip() != "0" if overrides[11] else BWD_SHIFT_A),
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,

@@ -238,6 +238,23 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
     _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=29), reverse=reverse)
 
 
+def test_tiled_forward_pipeline_stages(monkeypatch):
+    """Single-direction tiled forwards pipeline their loop over states 2 stages (multi-direction launches 1; the
+    step-by-step forward keeps its own stages); MAMBASUITE_SCAN_FWD_STAGES overrides, and a pipelined launch stays
+    exact (the CPU interpreter runs the loop as written, so on CPU this checks the plumbing)."""
+    device = torch.device(DEVICE)
+    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_stages == 2
+    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=2).fwd_stages == 1
+    assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_stages == 1  # step by step, 32:1:1
+    monkeypatch.setenv("MAMBASUITE_SCAN_FWD_STAGES", "3")
+    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=4).fwd_stages == 3
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "0")
+    _compare(_inputs(2, 4, 40, 4, "variable", h0=True, seed=41), reverse=True)
+    monkeypatch.setenv("MAMBASUITE_SCAN_FWD_STAGES", "two")
+    with pytest.raises(ValueError, match="MAMBASUITE_SCAN_FWD_STAGES='two'"):
+        triton_scan.plan_launch(2, 8, 2048, 4, 1, device)
+
+
 def test_shift_a_default_and_override(monkeypatch):
     """The shift is the default of one-warp backward tiles only (a gather across warps goes through shared memory);
     any value but 0 or 1 is refused by name."""
