@@ -33,7 +33,9 @@ Several directions in one launch (the grid's third axis): `_fwd_program` / `_bwd
 work; the entry kernels call them once per direction, with direction k's tensors at k * dir_* elements from
 direction 0's (the bidirectional scan: forward then reverse; the 2D cross-scan: rows, columns, both reversed).
 A column route reads an (H, W) row-major map through `_positions` (step t -> pixel (t % H) * W + t // H), and
-routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ).
+routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ). B and C (and dB, dC) are
+indexed in each route's scan order instead: they are loaded once per state, where a column walk's strided accesses
+cost the most, so the 2D launcher hands the column routes' B and C over transposed (tensors N / dim the map's size).
 
 The backward's tile may span several checkpoint intervals (CKPT_RATIO); it starts from the checkpoint of
 the first interval it covers in scan order.
@@ -270,7 +272,7 @@ def _fwd_program(
             sel = offs_n[None, :] == n
             a_n = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
             a = tl.exp2(dt * a_n[:, None])
-            x = dtu * _load_bc(B_ptr, b, grp_b, n, offs_d, pos, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+            x = dtu * _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
             h_in = _column(state, sel)
             if not STATE_ONLY:  # the entry state of the tile's first checkpoint interval in scan order
                 if REVERSE:
@@ -282,7 +284,7 @@ def _fwd_program(
             x = tl.where(first_col, x + a * h_in[:, None], x)
             h = _linear_scan(a, x, REVERSE, GATHER_FLIP, BLOCK_T)
             if not STATE_ONLY:
-                y += h * _load_bc(C_ptr, b, grp_c, n, offs_d, pos, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+                y += h * _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             state = tl.where(sel, _column(h, last_col)[:, None], state)
             if SUB > 1 and not STATE_ONLY:
                 # The entry checkpoints of the tile's later CKPT_T-step intervals (for a backward tile shorter than
@@ -442,15 +444,15 @@ def _fwd_seq_program(
         # 0.368-0.379 ms with one load (calls 1-3) and 0.413 with two loads for every dtype (call 4), not one run.
         if B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype:
             nn = bc_k % N_PAD
-            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + pos * s_b3, c_row + nn * s_c2 + pos * s_c3)
+            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + t * s_b3, c_row + nn * s_c2 + t * s_c3)
             b_vec = tl.load(bc_ptr, mask=nn < N, other=0.0).to(tl.float32)
             c_vec = b_vec
             c_first = N_PAD
         else:
             if B_VAR:
-                b_vec = tl.load(b_row + n_k * s_b2 + pos * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
+                b_vec = tl.load(b_row + n_k * s_b2 + t * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
             if C_VAR:
-                c_vec = tl.load(c_row + n_k * s_c2 + pos * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
+                c_vec = tl.load(c_row + n_k * s_c2 + t * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
             c_first = 0
         y = zero
         for n in tl.static_range(N_PAD):
@@ -760,7 +762,7 @@ def _bwd_program(
                 a_next = tl.gather(a, shift_idx, 1)
             else:
                 a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
-            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, pos, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             g = dy * c_n
             g = tl.where(last_col, g + _column(carry, sel)[:, None], g)
             # dh runs against the scan order
@@ -771,7 +773,7 @@ def _bwd_program(
                 dh = _linear_scan(a_next, g, not REVERSE, GATHER_FLIP, BLOCK_T)
             carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)
             if not CARRY_ONLY:
-                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, pos, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
                 x = dtu * b_n
                 h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d, other=0.0)
                 h = _linear_scan(a, tl.where(first_col, x + a * h_in[:, None], x), REVERSE, GATHER_FLIP, BLOCK_T)
@@ -787,19 +789,19 @@ def _bwd_program(
                     col_b = tl.sum(d_bn, axis=0)
                     # dB buffer: (batch, DB_ROWS, N, L) fp32, rows = groups (atomic) or channel tiles
                     if ATOMIC_BC:
-                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + pos, col_b, mask=mask_t,
+                        tl.atomic_add(dB_ptr + ((b * DB_ROWS + grp_b) * N + n) * L + offs_t, col_b, mask=mask_t,
                                       sem="relaxed")
                     else:
-                        tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + pos, col_b, mask=mask_t)
+                        tl.store(dB_ptr + ((b * DB_ROWS + dtile) * N + n) * L + offs_t, col_b, mask=mask_t)
                 else:
                     dB_acc += tl.where(sel, tl.sum(d_bn, axis=1)[:, None], 0.0)
                 if C_VAR:
                     col_c = tl.sum(d_cn, axis=0)
                     if ATOMIC_BC:
-                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + pos, col_c, mask=mask_t,
+                        tl.atomic_add(dC_ptr + ((b * DC_ROWS + grp_c) * N + n) * L + offs_t, col_c, mask=mask_t,
                                       sem="relaxed")
                     else:
-                        tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + pos, col_c, mask=mask_t)
+                        tl.store(dC_ptr + ((b * DC_ROWS + dtile) * N + n) * L + offs_t, col_c, mask=mask_t)
                 else:
                     dC_acc += tl.where(sel, tl.sum(d_cn, axis=1)[:, None], 0.0)
         if not CARRY_ONLY:

@@ -172,6 +172,28 @@ def test_cross_scan_reference_equals_vmamba_transposes_and_flips():
     assert _err(got, _vmamba_style(**ins)) < 1e-12
 
 
+def test_column_routes_hand_b_and_c_over_in_scan_order():
+    """The 2D launcher re-indexes the column routes' (1 and 3) per-route tensors column-major, the order their scans
+    walk the map (the kernels read B and C in scan order), leaves the row routes as they are, and passes gradients
+    back to pixel order."""
+    from mambasuite.kernels.triton.multi_scan import routes_in_scan_order
+
+    height, width = 3, 5
+    t = torch.randn(2, 4, 6, height * width, dtype=F64, requires_grad=True)
+    ordered = routes_in_scan_order(t, height)
+    assert ordered.is_contiguous() and ordered.shape == t.shape
+    steps = torch.arange(height * width)
+    column_major = (steps % height) * width + steps // height
+    for k in range(4):
+        expected = t[:, k, :, column_major] if k % 2 else t[:, k]
+        assert torch.equal(ordered[:, k], expected), k
+    weight = torch.randn(t.shape, dtype=F64)
+    (ordered * weight).sum().backward()
+    back = weight.clone()
+    back[:, 1::2][..., column_major] = weight[:, 1::2]
+    assert torch.equal(t.grad, back)
+
+
 @pytest.mark.parametrize("height,width,n,seg", [(5, 7, 1, None), (6, 4, 16, None), (9, 11, 4, 32)])
 def test_cross_scan_triton_matches_float64_reference(monkeypatch, height, width, n, seg):
     monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", seg)
