@@ -237,8 +237,7 @@ def routes_in_scan_order(t: torch.Tensor, height: int) -> torch.Tensor:
     fwd+bwd at the three VMamba shapes (64x192x56x56 N=1, N=16; 64x384x28x28 N=1); every access row-major (a wrong
     result, timed as a bound) took 3.1 / 14.4 / 2.2 ms.
     """
-    batch, routes, n, length = t.shape
-    cols = t[:, 1::2].unflatten(-1, (height, length // height)).transpose(-1, -2).flatten(-2)
+    cols = t[:, 1::2].unflatten(-1, (height, t.shape[-1] // height)).transpose(-1, -2).flatten(-2)
     return torch.stack((t[:, 0], cols[:, 0], t[:, 2], cols[:, 1]), dim=1)
 
 

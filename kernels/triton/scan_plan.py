@@ -92,11 +92,10 @@ class LaunchPlan:
     fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
     loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
     over steps pipelined fwd_stages stages; its block_t is the backward's; a tiled forward pipelines its loop over
-    states fwd_stages stages). bwd_shift_a: a one-warp backward takes
-    a_{t+1} from a by a gather, not a second exp2. The forward checkpoints the state every ckpt_len = min(fwd, bwd
-    block_t) steps: n_tiles
-    checkpoints per row, ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a
-    multiple of both tiles) run in parallel.
+    states fwd_stages stages). bwd_shift_a: a one-warp backward takes a_{t+1} from a by a gather, not a second exp2.
+    The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles checkpoints per row,
+    ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a multiple of both tiles) run
+    in parallel.
     """
 
     fwd: KernelTile
@@ -147,10 +146,11 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-_TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in ("BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T",
-                                                     "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL", "PROGRAMS",
-                                                     "SEQ", "SHIFT_A", "FWD_STAGES"))
-_SEQ_ENV = _TILE_ENV[10]
+_TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in (
+    "BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T", "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL",
+    "PROGRAMS", "SEQ", "SHIFT_A", "FWD_STAGES"))
+_SEQ, _SHIFT_A, _FWD_STAGES = 10, 11, 12  # positions of the non-tile overrides in _TILE_ENV
+_SEQ_ENV = _TILE_ENV[_SEQ]
 _read_overrides = env_reader(*_TILE_ENV)
 # One-warp backward tiles take a_{t+1} as a shifted a (a gather inside the warp) instead of a second exp2 per element;
 # MAMBASUITE_SCAN_SHIFT_A=0/1 overrides. Session 10, one H200 call, fwd+bwd ms with the shift / without:
@@ -218,20 +218,20 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
 @functools.lru_cache(maxsize=1024)
 def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device, directions: int,
           overrides: tuple[str | None, ...], force_seg_len: int | None) -> LaunchPlan:
-    numeric = [i for i in range(len(_TILE_ENV)) if i != 10]  # all but _SEQ; checked once per setting (cached plan)
-    for key, value in ((_TILE_ENV[i], overrides[i]) for i in numeric):
-        if value and not value.strip().isdigit():
+    for i, (key, value) in enumerate(zip(_TILE_ENV, overrides)):  # checked once per distinct setting (cached plan)
+        if value and i != _SEQ and not value.strip().isdigit():
             raise ValueError(f"{key}={value!r}: expected a non-negative integer")
-    if overrides[11] and overrides[11].strip() not in ("0", "1"):
-        raise ValueError(f"{_TILE_ENV[11]}={overrides[11]!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
+    shift_a = overrides[_SHIFT_A]
+    if shift_a and shift_a.strip() not in ("0", "1"):
+        raise ValueError(f"{_TILE_ENV[_SHIFT_A]}={shift_a!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
     fwd_default, bwd_default, unroll, seq = _default_tiles(batch * dim, length, directions)
     env_fwd = any(overrides[:4])
     # A forward tile set through the environment is honoured: the tiled forward runs, unless _SEQ is set as well.
     # The step-by-step forward unrolls its loop over states (a register vector each): the default only for N <= 16.
-    seq = _env_sequential(overrides[10], None if env_fwd or d_state > SEQ_DEFAULT_MAX_STATES else seq)
+    seq = _env_sequential(overrides[_SEQ], None if env_fwd or d_state > SEQ_DEFAULT_MAX_STATES else seq)
     if seq is not None and d_state > SEQ_MAX_STATES:
-        raise ValueError(f"{_SEQ_ENV}={overrides[10]!r}: the step-by-step forward unrolls its states and takes d_state "
-                         f"<= {SEQ_MAX_STATES}, got {d_state}")
+        raise ValueError(f"{_SEQ_ENV}={overrides[_SEQ]!r}: the step-by-step forward unrolls its states and takes "
+                         f"d_state <= {SEQ_MAX_STATES}, got {d_state}")
     fwd_t, fwd_d, fwd_w, fwd_r = _env_tile(overrides[:4], fwd_default)
     bwd_t, bwd_d, bwd_w, bwd_r = _env_tile(overrides[4:8], (fwd_t, fwd_d, fwd_w, fwd_r) if env_fwd else bwd_default)
     unroll = int(overrides[8] or 0) or unroll
@@ -241,6 +241,8 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     fwd_t, bwd_t = min(fwd_t, cap), min(bwd_t, cap)
     if seq is not None:  # step by step: no forward tile; checkpoints every backward tile
         fwd_t, (fwd_d, fwd_w, fwd_stages), fwd_r = bwd_t, seq, 0
+    else:  # the tiled forward's pipeline stages over states
+        fwd_stages = int(overrides[_FWD_STAGES] or 0) or (TILED_FWD_STAGES if directions == 1 else 1)
     if max(fwd_t, bwd_t) % min(fwd_t, bwd_t):
         raise ValueError(f"selective scan tiles: the forward's {fwd_t} steps and the backward's {bwd_t} must divide "
                          "one another")
@@ -266,10 +268,8 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     return LaunchPlan(
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
-        fwd_unroll=unroll, fwd_sequential=seq is not None,
-        fwd_stages=fwd_stages if seq is not None else int(overrides[12] or 0) or (TILED_FWD_STAGES if directions == 1
-                                                                                  else 1),
-        bwd_shift_a=bwd_w == 1 and (overrides[11].strip() != "0" if overrides[11] else BWD_SHIFT_A),
+        fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages,
+        bwd_shift_a=bwd_w == 1 and (shift_a.strip() == "1" if shift_a else BWD_SHIFT_A),
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))
