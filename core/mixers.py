@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..kernels import BACKENDS, bidirectional_scan, causal_conv1d, cross_scan_2d, selective_scan
+from ..kernels import BACKENDS, bidirectional_scan, causal_conv1d, cross_scan_2d, selective_scan, to_route_order
 
 __all__ = ["BiMamba", "Mamba", "SS2D"]
 
@@ -411,10 +411,8 @@ class SS2D(nn.Module):
         d_conv: odd kernel size of the depthwise conv; 1 disables the conv (VMamba's d_conv <= 1 rule).
         conv_bias: bias of the conv (False in v2, True in v0); gate: z branch (False = "_noz").
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
-        fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, no stacked copies of the map:
-            1.45x less scan memory on the H200) instead of two grouped scans over stacked route pairs. Off by
-            default: on the H200 the fused op was 2-2.8x slower than the stacked pipeline at VMamba-T shapes
-            (BENCHMARKS.md, 2026-11-29), because its column routes read the map with a stride of W.
+        fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, no stacked copies of the map)
+            instead of two grouped scans over stacked route pairs.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.
 
@@ -486,13 +484,14 @@ class SS2D(nn.Module):
         """(batch, d_inner, H, W) -> sum of the four directional scans, (batch, d_inner, H, W), in x's dtype.
 
         x_proj and dt_proj act on each token alone, so every route's delta, B and C are computed at each pixel
-        of the row-major map (the same values VMamba computes on its permuted copies); `cross_scan_2d` reads
-        them, and x, in each route's order and merges the routes in its stores.
+        of the row-major map (the same values VMamba computes on its permuted copies). The small x_proj output
+        (R + 2N channels per route) is put in route order, so that delta comes out of dt_proj in it with no copy
+        of its own; `cross_scan_2d` reads x in each route's order and merges the routes in its stores.
         """
         batch, e, height, width = x.shape
         n, r = self.d_state, self.dt_rank
         u = x.reshape(batch, e, height * width)
-        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight)  # (b, 4, R + 2N, H*W)
+        x_dbl = to_route_order(torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight), height)  # (b, 4, R + 2N, H*W)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
         delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (b, 4, d_inner, H*W)
         A = -torch.exp(_at_least_fp32(self.A_logs)).view(self.K, e, n)

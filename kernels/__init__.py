@@ -10,7 +10,8 @@ Public ops (shapes in their docstrings):
 * `bidirectional_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add", ...)`: pairs
   (forward, reverse) of scan inputs, both directions in one launch (multi_scan.py)
 * `cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False, backend="auto")`:
-  VMamba's four routes over a 2D map, gather and merge fused (multi_scan.py)
+  VMamba's four routes over a 2D map in one launch, merge fused (multi_scan.py); delta, B and C in route order
+  (`to_route_order(t, height)` puts per-pixel tensors in it)
 
 `backend`:
   "auto"      -- Triton on CUDA tensors, the PyTorch reference elsewhere;
@@ -31,7 +32,7 @@ from ._checks import BACKENDS, check_add_rms_norm_args, check_causal_conv1d_args
 from .reference import add_rms_norm_ref, causal_conv1d_ref, selective_scan_ref
 
 __all__ = ["BACKENDS", "add_rms_norm", "bidirectional_scan", "causal_conv1d", "cross_scan_2d", "selective_scan",
-           "triton_available"]
+           "to_route_order", "triton_available"]
 
 
 _TRITON_IMPORTS: bool | None = None  # memoised: every op call asks (a plain global, which torch.compile traces)
@@ -154,4 +155,4 @@ def add_rms_norm(x, residual, weight, eps=1e-5, residual_in_fp32=True, *, backen
 
 
 # Multi-direction scans (they use _resolve above).
-from .multi_scan import bidirectional_scan, cross_scan_2d  # noqa: E402
+from .multi_scan import bidirectional_scan, cross_scan_2d, to_route_order  # noqa: E402

@@ -13,11 +13,6 @@ COMBINES = ("add", "mean", "mul", "stack")
 PAIRED = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def pixels_flat(t: torch.Tensor) -> torch.Tensor:
-    """A per-route 2D tensor given as (..., H, W) (rank 5) or (..., H*W) (rank 4), as (..., H*W)."""
-    return t.flatten(-2) if t.dim() == 5 else t
-
-
 def as_pair(name: str, value):
     """A (forward, reverse) pair from a 2-sequence, or (None, None) for None."""
     if value is None:
@@ -66,15 +61,15 @@ def check_cross_scan_args(x, delta, A, B, C, D, delta_bias, backend: str) -> tup
     want = {"delta": (batch, 4, dim, hw), "B": (batch, 4, n, hw), "C": (batch, 4, n, hw)}
     got = {"delta": delta, "B": B, "C": C}
     for name, t in got.items():
-        if not isinstance(t, torch.Tensor) or tuple(pixels_flat(t).shape) != want[name]:
-            raise ValueError(f"cross_scan_2d: {name} must have shape {want[name][:3]} + (H, W) or (H*W,) = "
-                             f"{want[name]}, got {tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want[name]:
+            raise ValueError(f"cross_scan_2d: {name} must have shape {want[name][:3]} + (H*W,) = {want[name]}, in "
+                             f"route order (see to_route_order), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (4, dim)):
             raise ValueError(f"cross_scan_2d: {name} must have shape (4, dim) = (4, {dim}), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
     u = x.reshape(batch, dim, hw)
-    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
     for k in range(4):
         try:
             check_selective_scan_args(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k], None,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
-from .reference.multi_scan import bidirectional_scan_ref, combine_directions, cross_scan_2d_ref, route_order
+from ._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
+from .reference.multi_scan import (bidirectional_scan_ref, combine_directions, cross_scan_2d_ref, route_order,
+                                   to_route_order)
 
 
 def _resolve(backend: str, device: torch.device, op: str) -> str:
@@ -56,14 +57,16 @@ def bidirectional_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, co
 def cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False, backend="auto"):
     """VMamba's 2D selective scan: four routes over a (batch, dim, H, W) map, summed per pixel.
 
-    Routes: 0 row-major, 1 column-major, 2 row-major reversed, 3 column-major reversed. Every per-route
-    tensor is indexed by pixel (row-major), so they come straight from pointwise projections of the map.
+    Routes: 0 row-major, 1 column-major, 2 row-major reversed, 3 column-major reversed. The per-route tensors are
+    in route order: routes 0 and 2 indexed by pixel (row-major), routes 1 and 3 column-major (the order of each
+    route's forward walk; the reversed routes walk it backwards). VMamba computes them from its cross-scanned copies,
+    which are in that order; per-pixel projections of the map can be put in it with `to_route_order`.
 
     Args:
-        x: (batch, dim, H, W); delta: (batch, 4, dim, H, W) or (batch, 4, dim, H*W); A: (4, dim, N) fp32;
-        B, C: (batch, 4, N, H, W) or (batch, 4, N, H*W); D, delta_bias: (4, dim) fp32 or None.
-        backend: "auto" | "reference" | "triton" (one launch, gather and merge fused) | "mamba_ssm" (VMamba's
-            pipeline: a stacked (batch, 4, dim, H*W) cross-scan copy, one peer call, a merge).
+        x: (batch, dim, H, W); delta: (batch, 4, dim, H*W); A: (4, dim, N) fp32; B, C: (batch, 4, N, H*W);
+        D, delta_bias: (4, dim) fp32 or None.
+        backend: "auto" | "reference" | "triton" (one launch, no stacked copy of the map, merge in the stores) |
+            "mamba_ssm" (VMamba's pipeline: a stacked (batch, 4, dim, H*W) cross-scan copy, one peer call, a merge).
     Returns:
         (batch, dim, H, W) fp32.
     """
@@ -86,8 +89,8 @@ def _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus):
     batch, dim, height, width = x.shape
     orders = [route_order(height, width, k, x.device) for k in range(4)]
     u = x.reshape(batch, dim, -1)
-    gather = lambda t: torch.stack([t[:, k][..., orders[k]] for k in range(4)], dim=1)  # noqa: E731
-    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
+    # route order -> each route's scan order (the reversed routes flipped: the peer scans forward only)
+    gather = lambda t: torch.stack([t[:, k] if k < 2 else t[:, k].flip(-1) for k in range(4)], dim=1)  # noqa: E731
     ys = selective_scan(torch.stack([u[..., o] for o in orders], dim=1).flatten(1, 2),
                         gather(delta).flatten(1, 2), A.flatten(0, 1), gather(B), gather(C),
                         None if D is None else D.flatten(), delta_bias=None if delta_bias is None else
@@ -99,4 +102,4 @@ def _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus):
     return out.view(batch, dim, height, width)
 
 
-__all__ = ["bidirectional_scan", "cross_scan_2d"]
+__all__ = ["bidirectional_scan", "cross_scan_2d", "to_route_order"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
 from .selective_scan import selective_scan_ref
 
 
@@ -54,27 +54,41 @@ def route_order(height: int, width: int, route: int, device=None) -> torch.Tenso
     return order.flip(0) if route >= 2 else order
 
 
+def to_route_order(t: torch.Tensor, height: int) -> torch.Tensor:
+    """A per-route (batch, 4, C, H*W) tensor indexed by pixel (row-major) -> route order: the row routes (0 and 2)
+    as they are, the column routes (1 and 3) column-major. A new contiguous tensor, differentiable.
+
+    Route order is the order of each route's forward walk (the reversed routes walk it backwards), and the layout
+    `cross_scan_2d` takes delta, B and C in. For per-pixel projections of the map, reordering their small low-rank
+    output (VMamba's dt rank + 2N channels) before the dt projection costs less than reordering delta itself.
+    """
+    if t.dim() != 4 or t.shape[1] != 4 or t.shape[-1] % height:
+        raise ValueError(f"to_route_order: expected a (batch, 4, C, H*W) tensor with H = {height} dividing H*W, "
+                         f"got {tuple(t.shape)}")
+    cols = t[:, 1::2].unflatten(-1, (height, t.shape[-1] // height)).transpose(-1, -2).flatten(-2)
+    return torch.stack((t[:, 0], cols[:, 0], t[:, 2], cols[:, 1]), dim=1)
+
+
 def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
     """VMamba's four-route selective scan over a 2D map, merged by summing the routes per pixel.
 
     Args:
         x: (batch, dim, H, W) the map every route reads.
-        delta: (batch, 4, dim, H, W) or (batch, 4, dim, H*W) per-route steps, indexed by pixel (row-major).
-        A: (4, dim, N) fp32; B, C: (batch, 4, N, H, W) or (batch, 4, N, H*W) per-route, by pixel;
-        D, delta_bias: (4, dim) or None.
+        delta: (batch, 4, dim, H*W) per-route steps in route order (`to_route_order`: routes 0 and 2 by pixel,
+            routes 1 and 3 column-major).
+        A: (4, dim, N) fp32; B, C: (batch, 4, N, H*W) per route, in route order; D, delta_bias: (4, dim) or None.
     Returns:
         (batch, dim, H, W) fp32: sum over routes of each route's output placed back at its pixels.
     """
     batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "reference")
     u = x.reshape(batch, dim, height * width)
-    delta, B, C = pixels_flat(delta), pixels_flat(B), pixels_flat(C)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.zeros(batch, dim, height * width, dtype=acc, device=x.device)
     for route in range(4):
         # the reversed routes are the forward orders read backwards: scan the forward order in reverse mode
         order = route_order(height, width, route % 2, x.device)
-        y = selective_scan_ref(u[..., order], delta[:, route][..., order], A[route], B[:, route][..., order],
-                               C[:, route][..., order], None if D is None else D[route],
+        y = selective_scan_ref(u[..., order], delta[:, route], A[route], B[:, route], C[:, route],
+                               None if D is None else D[route],
                                delta_bias=None if delta_bias is None else delta_bias[route],
                                delta_softplus=delta_softplus, reverse=route >= 2)
         out[..., order] += y.to(acc)

@@ -5,10 +5,12 @@ Both run every direction in one launch of the same kernels as the single scan (`
 * `bidirectional_scan_triton`: direction 0 scans forward in time, direction 1 in reverse, each reading its own
   tensors in place (no flipped copies); both outputs are gated by the shared z and written into one stacked
   (2, batch, dim, L) buffer, which one elementwise op combines ("add", "mean", "mul"; "stack" returns it).
-* `cross_scan_2d_triton`: the four VMamba routes over a (batch, dim, H, W) map. The column routes read the map in
-  column-major order through their index map (no transposed copy), and every route adds its output into one
-  fp32 (batch, dim, H, W) map in its stores (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the
-  four routes to separate slots and sums them in a fixed order instead.
+* `cross_scan_2d_triton`: the four VMamba routes over a (batch, dim, H, W) map. delta, B and C come in route order
+  (routes 1 and 3 column-major), so every route reads them in place. u is the map for the row routes and one
+  column-major copy of it for the column routes (a column walk of the row-major map strides W pixels at every
+  element); the row routes add their outputs into one fp32 map, the column routes into one column-major map, and one
+  pass sums the two (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the four routes to separate slots and
+  sums them in a fixed order instead.
 
 Both are `torch.library.custom_op`s with fake implementations, with autograd attached; eager calls skip the
 dispatcher (`eager.EagerOp`).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args, pixels_flat
+from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
 from ..reference.multi_scan import combine_directions
 from .eager import EagerOp
 from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
@@ -140,27 +142,52 @@ def bidirectional_scan_checked(pairs: dict, z, combine: str, delta_softplus: boo
 
 
 # --------------------------------------------------------------------------------------------- 2D routes
+def _column_major(t: torch.Tensor, height: int) -> torch.Tensor:
+    """(..., H*W) by pixel -> a contiguous (..., W*H) copy in column-major pixel order (the column routes' order)."""
+    return t.unflatten(-1, (height, t.shape[-1] // height)).transpose(-1, -2).reshape(t.shape)
+
+
+def _merge_layouts(rows: torch.Tensor, cols: torch.Tensor, height: int, dtype: torch.dtype) -> torch.Tensor:
+    """rows (batch, dim, H*W) by pixel + cols (batch, dim, W*H) column-major -> (batch, dim, H*W) by pixel, in
+    dtype, in one pass."""
+    batch, dim, length = rows.shape
+    width = length // height
+    out = torch.empty(batch, dim, height, width, dtype=dtype, device=rows.device)
+    torch.add(rows.view(batch, dim, height, width), cols.view(batch, dim, width, height).transpose(-1, -2), out=out)
+    return out.view(batch, dim, length)
+
+
+def _routes(u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None) -> list[ScanInputs]:
+    """The four routes' inputs: the row routes read the map, the column routes its column-major copy; the per-route
+    tensors are slices of (batch, 4, ...) tensors already in route order."""
+    return [ScanInputs(u if k % 2 == 0 else u_cols, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
+                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
+
+
+def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
+    return (b.data_ptr() - a.data_ptr()) // a.element_size()
+
+
 def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                   D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """u (batch, dim, H*W); delta (batch, 4, dim, H*W) by pixel; A (4, dim, N); B, C (batch, 4, N, H*W) in each
-    route's scan order (`routes_in_scan_order`); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W)
-    fp32, checkpoints and segment products."""
+    """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
+    A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) fp32 by pixel, checkpoints and
+    segment products."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
-                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
-    hw = (height, length // height)
+    dirs = _routes(u, _column_major(u, height), delta, A, B, C, D, delta_bias)
+    f32 = dict(dtype=torch.float32, device=u.device)
     if deterministic:  # one slot per route, summed in a fixed order
-        slots = torch.empty(4, batch, dim, length, dtype=torch.float32, device=u.device)
-        state = launch_forward(dirs, None, None, slots[0], slots[0].numel(), plan=plan, softplus=delta_softplus,
-                               map_hw=hw)
-        out = slots.sum(0)
-    else:
-        out = torch.zeros(batch, dim, length, dtype=torch.float32, device=u.device)
-        state = launch_forward(dirs, None, None, out, 0, plan=plan, softplus=delta_softplus, atomic_out=True,
-                               map_hw=hw)
-    return out, state.ckpt, state.seg_p
+        slots = torch.empty(4, batch, dim, length, **f32)
+        state = launch_forward(dirs, None, None, slots[0], slots[0].numel(), plan=plan, softplus=delta_softplus)
+        rows, cols = slots[0] + slots[2], slots[1] + slots[3]
+    else:  # the row routes add into one map by pixel, the column routes into one in their order
+        rows, cols = torch.zeros(2, batch, dim, length, **f32)
+        state = launch_forward(dirs, None, None, rows, 0, plan=plan, softplus=delta_softplus, atomic_out=True,
+                               out_col=_elements_between(rows, cols))
+    return _merge_layouts(rows, cols, height, torch.float32), state.ckpt, state.seg_p
 
 
 _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
@@ -178,16 +205,17 @@ def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: t
                   C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, ckpt: torch.Tensor,
                   seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool) -> list[torch.Tensor]:
     """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
-    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty."""
-    length = u.shape[-1]
+    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The column-major copies of u and dout
+    are made again here rather than kept from the forward (a copy is cheaper than holding a map)."""
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = [ScanInputs(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
-                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
-    g = launch_backward(dirs, None, dout.contiguous(), 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p),
-                        plan=plan, softplus=delta_softplus, deterministic=deterministic, shared_u=True,
-                        map_hw=(height, length // height))
+    dirs = _routes(u, _column_major(u, height), delta, A, B, C, D, delta_bias)
+    dout = dout.contiguous()
+    dout_cols = _column_major(dout, height)  # (held until the launch: the kernels find it by its offset)
+    g = launch_backward(dirs, None, dout, 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan,
+                        softplus=delta_softplus, deterministic=deterministic, shared_u=True,
+                        dout_col=_elements_between(dout, dout_cols))
     empty = u.new_empty(0)
-    return [g.du.to(u.dtype), g.ddelta.transpose(0, 1).contiguous(), g.dA, g.dB.transpose(0, 1).contiguous(),
+    return [_merge_layouts(g.du[0], g.du[1], height, u.dtype), g.ddelta, g.dA, g.dB.transpose(0, 1).contiguous(),
             g.dC.transpose(0, 1).contiguous(), g.dD if g.dD is not None else empty.clone(),
             g.dbias if g.dbias is not None else empty.clone()]
 
@@ -227,28 +255,14 @@ _x2d_fwd_op.register_autograd(_x2d_backward, setup_context=_x2d_setup)
 _x2d_fwd = EagerOp(_x2d_fwd_op, _x2d_scan_fwd, _x2d_setup, _x2d_backward)
 
 
-def routes_in_scan_order(t: torch.Tensor, height: int) -> torch.Tensor:
-    """A per-route (batch, 4, N, H*W) tensor indexed by pixel, with the column routes (1 and 3) re-indexed in their
-    scan order (column-major pixels); a new contiguous tensor, differentiable.
-
-    The kernels read B and C once per state and tile: along a column route in pixel order every one of those loads
-    (and every dB/dC atomic) strides W pixels. These tensors are N / dim the size of the map, so transposing them
-    once costs little. H200, 2026-11-30, bench cross2d: the fused op with B/C read strided took 7.9 / 32.2 / 3.8 ms
-    fwd+bwd at the three VMamba shapes (64x192x56x56 N=1, N=16; 64x384x28x28 N=1); every access row-major (a wrong
-    result, timed as a bound) took 3.1 / 14.4 / 2.2 ms.
-    """
-    cols = t[:, 1::2].unflatten(-1, (height, t.shape[-1] // height)).transpose(-1, -2).flatten(-2)
-    return torch.stack((t[:, 0], cols[:, 0], t[:, 2], cols[:, 1]), dim=1)
-
-
 def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
-    """Four routes in one launch, merged in the stores; same contract as `cross_scan_2d_ref`."""
+    """Four routes in one launch, merged in the stores; same contract as `cross_scan_2d_ref`. The column routes read
+    a column-major copy of the map (one map, not VMamba's four) and add into a column-major output that one pass merges
+    back; every other tensor is read and written in place."""
     batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "triton")
     if x.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
-    u = x.reshape(batch, dim, height * width)
-    out, _, _ = _x2d_fwd(u, pixels_flat(delta), A, routes_in_scan_order(pixels_flat(B), height),
-                         routes_in_scan_order(pixels_flat(C), height), D, delta_bias, height,
-                         bool(delta_softplus), deterministic_mode())
+    u = x.reshape(batch, dim, height * width).contiguous()  # (the column-major copy shares its strides)
+    out, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus), deterministic_mode())
     return out.view(batch, dim, height, width)

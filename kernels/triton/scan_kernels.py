@@ -32,10 +32,12 @@ which is cheaper than Triton's own reverse scan (see `_linear_scan`).
 Several directions in one launch (the grid's third axis): `_fwd_program` / `_bwd_program` hold one direction's
 work; the entry kernels call them once per direction, with direction k's tensors at k * dir_* elements from
 direction 0's (the bidirectional scan: forward then reverse; the 2D cross-scan: rows, columns, both reversed).
-A column route reads an (H, W) row-major map through `_positions` (step t -> pixel (t % H) * W + t // H), and
-routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ). B and C (and dB, dC) are
-indexed in each route's scan order instead: they are loaded once per state, where a column walk's strided accesses
-cost the most, so the 2D launcher hands the column routes' B and C over transposed (tensors N / dim the map's size).
+Every direction reads its tensors in its own scan order, memory position = step. The 2D cross-scan's column
+routes (1 and 3) therefore read a column-major copy of the map and write (or add) into a column-major output: the
+entry kernels add the col_* offsets to their u, out, dout and du pointers (COL_SCALE). Reading the row-major map in
+place along a column strides W pixels at every element, and that was the fused op's main cost (H200, 2026-11-30,
+bench cross2d at (64, 192, 56, 56, N=1): 7.2 ms fwd+bwd read in place, 3.1 ms with every access row-major).
+Routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ).
 
 The backward's tile may span several checkpoint intervals (CKPT_RATIO); it starts from the checkpoint of
 the first interval it covers in scan order.
@@ -56,12 +58,13 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # globals used in @jit code must be constexpr
 
-# Per-direction element offsets of the multi-direction launches (see selective_scan_fwd_kernel).
+# Per-direction element offsets of the multi-direction launches (see selective_scan_fwd_kernel); the col_* offsets
+# are added for the column routes of a 2D map only.
 FWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_state", "dir_out",
-                         "dir_ckpt", "dir_seg"]
+                         "dir_ckpt", "dir_seg", "col_u", "col_out"]
 BWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_g", "dir_state",
                          "dir_ckpt", "dir_seg", "dir_du", "dir_ddt", "dir_dz", "dir_part", "dir_dB", "dir_dC",
-                         "dir_row"]
+                         "dir_row", "col_u", "col_g", "col_du"]
 
 
 @triton.jit
@@ -169,25 +172,15 @@ def _segment_entry(state, seg_h_ptr, seg_p_ptr, b, seg, n_seg, offs_d, offs_n, m
 
 
 @triton.jit
-def _positions(offs_t, MAP_H, MAP_W, COLUMNS: tl.constexpr):
-    """Memory position of scan steps offs_t: the step itself, or (2D routes) column-major order over an
-    (MAP_H, MAP_W) row-major map, so that a column route reads the map in place (no transposed copy)."""
-    if COLUMNS:
-        return (offs_t % MAP_H) * MAP_W + offs_t // MAP_H
-    else:
-        return offs_t
-
-
-@triton.jit
 def _fwd_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
-    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
     GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, STAGES: tl.constexpr,
 ):
@@ -256,9 +249,8 @@ def _fwd_program(
         if SUB > 1:
             ck_next = tile * SUB + ck_sub + ck_shift  # (1, SUB): the checkpoint each interval's end state enters
             ck_store = ck_used & (ck_next < N_TILES)
-        pos = _positions(offs_t, MAP_H, MAP_W, COLUMNS)
-        u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
-        dt = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
+        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
+        dt = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
         if HAS_BIAS:
             dt += bias[:, None]
         if SOFTPLUS:
@@ -297,9 +289,9 @@ def _fwd_program(
             if HAS_D:
                 y += d_skip[:, None] * u
             if HAS_Z:
-                zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
+                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
                 y = y * zv * tl.sigmoid(zv)
-            o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + pos[None, :] * s_ot
+            o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + offs_t[None, :] * s_ot
             if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
                 tl.atomic_add(o_ptrs, y, mask=m2, sem="relaxed")
             else:
@@ -340,12 +332,12 @@ def _store_columns(ptr, offs, n_stride, cols, N, mask_d, N_PAD: tl.constexpr):
 def _fwd_seq_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
-    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+    DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an,
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, COLUMNS: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CKPT_T: tl.constexpr, SEQ_STAGES: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment), one time step per loop iteration.
@@ -426,9 +418,8 @@ def _fwd_seq_program(
                 entering = t % CKPT_T == 0
             if entering:
                 _store_columns(ckpt_ptr, ck_row + (t // CKPT_T) * N, 1, hs, N, mask_d, N_PAD)
-        pos = _positions(t, MAP_H, MAP_W, COLUMNS)
-        u = tl.load(u_row + pos * s_ut, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + pos * s_tt, mask=mask_d, other=0.0).to(tl.float32)
+        u = tl.load(u_row + t * s_ut, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(dt_row + t * s_tt, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
@@ -472,12 +463,12 @@ def _fwd_seq_program(
             if HAS_D:
                 y += d_skip * u
             if HAS_Z:
-                zv = tl.load(z_row + pos * s_zt, mask=mask_d, other=0.0).to(tl.float32)
+                zv = tl.load(z_row + t * s_zt, mask=mask_d, other=0.0).to(tl.float32)
                 y = y * zv * tl.sigmoid(zv)
             if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
-                tl.atomic_add(o_row + pos * s_ot, y, mask=mask_d, sem="relaxed")
+                tl.atomic_add(o_row + t * s_ot, y, mask=mask_d, sem="relaxed")
             else:
-                tl.store(o_row + pos * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+                tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
     if STATE_ONLY:
         seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N
@@ -493,37 +484,40 @@ def _fwd_seq_program(
 def _fwd_route(
     k,
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
-    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb,
+    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb,
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     UNROLL_N: tl.constexpr, GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
-    dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+    dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, col_u, col_out, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
     SEQUENTIAL: tl.constexpr, SEQ_STAGES: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
-    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). SEQUENTIAL picks
-    the step-by-step forward program (`_fwd_seq_program`) over the tiled one; both write the same outputs."""
+    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). A column route adds
+    COL_SCALE (DIR_SCALE, else 0) times col_* to its u and out. SEQUENTIAL picks the step-by-step forward program
+    (`_fwd_seq_program`) over the tiled one; both write the same outputs."""
     if SEQUENTIAL:
         _fwd_seq_program(
-            u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
-            D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
+            u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
+            C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state,
+            out_ptr + k * dir_out + COL_SCALE * col_out,
             ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
-            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
+            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
-            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
             BLOCK_D, N_PAD, CKPT_T, SEQ_STAGES,
         )
     else:
         _fwd_program(
-            u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C,
-            D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state, out_ptr + k * dir_out,
+            u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
+            C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state,
+            out_ptr + k * dir_out + COL_SCALE * col_out,
             ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
-            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
+            N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
-            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, COLUMNS, ATOMIC_OUT,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, SEQ_STAGES,
         )
 
@@ -534,29 +528,29 @@ def _fwd_route(
 @triton.jit(do_not_specialize=FWD_DIRECTION_OFFSETS)
 def selective_scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr, seg_h_ptr,
-    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb,
+    seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb,
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
     GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64,
     dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64, dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64,
-    dir_ckpt: tl.int64, dir_seg: tl.int64,
+    dir_ckpt: tl.int64, dir_seg: tl.int64, col_u: tl.int64, col_out: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr, SEQUENTIAL: tl.constexpr,
     SEQ_STAGES: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
     chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
     2D map (rows, columns, both reversed). dir_* are the element offsets from one direction's tensors to the
-    next's (0 for a tensor the directions share)."""
+    next's (0 for a tensor the directions share); col_* are added to the column routes' (1 and 3) u and out."""
     if DIRECTIONS == 1:
         _fwd_route(
             0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
-            seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub,
+            seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
             s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_state, dir_out, dir_ckpt, dir_seg, REVERSE, False, SEQUENTIAL, SEQ_STAGES,
+            dir_state, dir_out, dir_ckpt, dir_seg, 0, 0, REVERSE, 0, SEQUENTIAL, SEQ_STAGES,
         )
     else:
         k = tl.program_id(2)
@@ -564,63 +558,63 @@ def selective_scan_fwd_kernel(
             if k == 0:
                 _fwd_route(
                     0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
-                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
-                    SEQUENTIAL, SEQ_STAGES,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    col_u, col_out, False, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
-                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, False, SEQUENTIAL, SEQ_STAGES,
+                    col_u, col_out, True, 0, SEQUENTIAL, SEQ_STAGES,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _fwd_route(
                     0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
-                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
+                    seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
-                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, False, False,
-                    SEQUENTIAL, SEQ_STAGES,
+                    dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
+                    col_u, col_out, False, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 1:
                 _fwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
-                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    False, True, SEQUENTIAL, SEQ_STAGES,
+                    col_u, col_out, False, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 2:
                 _fwd_route(
                     2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
-                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, False, SEQUENTIAL, SEQ_STAGES,
+                    col_u, col_out, True, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
                     3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
-                    N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
+                    N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    True, True, SEQUENTIAL, SEQ_STAGES,
+                    col_u, col_out, True, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
                 )
 
 
@@ -629,13 +623,13 @@ def _bwd_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
     seg_e_ptr, seg_p_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
-    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an,
+    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an,
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
-    COLUMNS: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
+    ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):
@@ -709,14 +703,13 @@ def _bwd_program(
         offs_t = tile * BLOCK_T + cols
         mask_t = offs_t < seg_stop
         m2 = mask_d[:, None] & mask_t[None, :]
-        pos = _positions(offs_t, MAP_H, MAP_W, COLUMNS)
         # the forward tile whose entry checkpoint is this tile's entry state (the rightmost one when reversed)
         if REVERSE:
             ckpt_tile = tl.minimum(tile * CKPT_RATIO + CKPT_RATIO - 1, N_TILES - 1)
         else:
             ckpt_tile = tile * CKPT_RATIO
-        u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
-        dt_raw = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
+        u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
+        dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
         if HAS_BIAS:
             dt_raw += bias[:, None]
         if SOFTPLUS:
@@ -732,7 +725,7 @@ def _bwd_program(
             else:
                 offs_s = offs_t + 1
             m2s = mask_d[:, None] & ((offs_s >= 0) & (offs_s < L))[None, :]
-            dt_next = _load_tile(dt_ptr, b, offs_d, _positions(offs_s, MAP_H, MAP_W, COLUMNS), s_tb, s_td, s_tt, m2s)
+            dt_next = _load_tile(dt_ptr, b, offs_d, offs_s, s_tb, s_td, s_tt, m2s)
             if HAS_BIAS:
                 dt_next += bias[:, None]
             if SOFTPLUS:
@@ -740,9 +733,9 @@ def _bwd_program(
             dt_next = tl.where(m2s, dt_next, 0.0)
             if GATHER_FLIP and not REVERSE:  # the dh scan runs right to left on reversed tiles: reverse dt_next once
                 dt_next = _flip(dt_next, BLOCK_T)
-        dy = _load_tile(dout_ptr, b, offs_d, pos, s_gb, s_gd, s_gt, m2)
+        dy = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
         if HAS_Z:
-            zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
+            zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
             dy = dy * zv * tl.sigmoid(zv)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
@@ -805,8 +798,8 @@ def _bwd_program(
                 else:
                     dC_acc += tl.where(sel, tl.sum(d_cn, axis=1)[:, None], 0.0)
         if not CARRY_ONLY:
-            g_off = b * DIM * L + offs_d[:, None] * L + pos[None, :]  # gradient outputs are contiguous
-            u = _load_tile(u_ptr, b, offs_d, pos, s_ub, s_ud, s_ut, m2)
+            g_off = b * DIM * L + offs_d[:, None] * L + offs_t[None, :]  # du and dz are contiguous
+            u = _load_tile(u_ptr, b, offs_d, offs_t, s_ub, s_ud, s_ut, m2)
             du = p_acc * dt
             ddt = p_acc * u + q_acc
             if HAS_D:
@@ -816,8 +809,8 @@ def _bwd_program(
             # dout, z and the raw dt are loaded again (L1/L2 hits) rather than kept live through the loop over
             # states: the backward is register-bound, and fewer live tiles means more resident warps.
             if HAS_Z:
-                dout = _load_tile(dout_ptr, b, offs_d, pos, s_gb, s_gd, s_gt, m2)
-                zv = _load_tile(z_ptr, b, offs_d, pos, s_zb, s_zd, s_zt, m2)
+                dout = _load_tile(dout_ptr, b, offs_d, offs_t, s_gb, s_gd, s_gt, m2)
+                zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
                 z_sig = tl.sigmoid(zv)
                 dz = dout * y * z_sig * (1.0 + zv * (1.0 - z_sig))
                 if ATOMIC_DZ:  # z shared by several directions: their contributions add up (fp32 buffer)
@@ -825,7 +818,7 @@ def _bwd_program(
                 else:
                     tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             if SOFTPLUS:
-                dt_raw = _load_tile(dt_ptr, b, offs_d, pos, s_tb, s_td, s_tt, m2)
+                dt_raw = _load_tile(dt_ptr, b, offs_d, offs_t, s_tb, s_td, s_tt, m2)
                 if HAS_BIAS:
                     dt_raw += bias[:, None]
                 ddt = tl.where(dt_raw > 20.0, ddt, ddt * tl.sigmoid(dt_raw))
@@ -835,7 +828,8 @@ def _bwd_program(
                 tl.atomic_add(du_ptr + g_off, du, mask=m2, sem="relaxed")
             else:
                 tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
-            tl.store(ddt_ptr + g_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+            ddt_off = b * s_xb + offs_d[:, None] * L + offs_t[None, :]  # ddelta's batch stride is s_xb
+            tl.store(ddt_ptr + ddt_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
 
     part_off = (row_part * DIM + offs_d[:, None]) * N + offs_n[None, :]
     if CARRY_ONLY:
@@ -864,8 +858,8 @@ def _bwd_route(
     k,
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B, GROUP_C,
-    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
-    s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
+    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
+    s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
@@ -874,20 +868,22 @@ def _bwd_route(
     GATHER_FLIP: tl.constexpr, dir_u, dir_dt,
     dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
     dir_dB, dir_dC, dir_row,
-    REVERSE: tl.constexpr, COLUMNS: tl.constexpr,
+    col_u, col_g, col_du, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
-    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1)."""
+    knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). A column route adds
+    COL_SCALE (DIR_SCALE, else 0) times col_* to its u, dout and du."""
     _bwd_program(
-        u_ptr + k * dir_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B, C_ptr + k * dir_C, D_ptr + k *
-        dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g, dlast_ptr + k * dir_state, ckpt_ptr + k * dir_ckpt,
-        seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, du_ptr + k * dir_du, ddt_ptr + k * dir_ddt, dz_ptr + k *
-        dir_dz, dA_ptr + k * dir_part, dB_ptr + k * dir_dB, dC_ptr + k * dir_dC, dD_ptr + k * dir_row, dbias_ptr + k *
-        dir_row, dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES,
-        N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+        u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
+        C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g + COL_SCALE * col_g,
+        dlast_ptr + k * dir_state, ckpt_ptr + k * dir_ckpt, seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg,
+        du_ptr + k * dir_du + COL_SCALE * col_du, ddt_ptr + k * dir_ddt, dz_ptr + k * dir_dz, dA_ptr + k * dir_part,
+        dB_ptr + k * dir_dB, dC_ptr + k * dir_dC, dD_ptr + k * dir_row, dbias_ptr + k * dir_row,
+        dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES,
+        N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
         s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE,
-        CARRY_ONLY, SEG_MODE, ATOMIC_BC, COLUMNS, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+        CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
         CKPT_RATIO, GATHER_FLIP,
     )
 
@@ -899,8 +895,8 @@ def _bwd_route(
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr, seg_p_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B, GROUP_C,
-    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
-    s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
+    DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb,
+    s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
     SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
@@ -909,21 +905,21 @@ def selective_scan_bwd_kernel(
     GATHER_FLIP: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64,
     dir_D: tl.int64, dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
-    dir_row: tl.int64,
+    dir_row: tl.int64, col_u: tl.int64, col_g: tl.int64, col_du: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
 ):
-    """Backward launch; same grid, directions and dir_* offsets as the forward."""
+    """Backward launch; same grid, directions and dir_* / col_* offsets as the forward."""
     if DIRECTIONS == 1:
         _bwd_route(
             0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr,
             seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, DIM, L, N, GROUP_B,
-            GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W, s_ub, s_ud, s_ut, s_tb, s_td,
-            s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
+            GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td,
+            s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2,
+            s_c3, HAS_D,
             HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ,
             NEED_DH0, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
             dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row,
-            REVERSE,
-            False,
+            0, 0, 0, REVERSE, 0,
         )
     else:
         k = tl.program_id(2)
@@ -932,72 +928,76 @@ def selective_scan_bwd_kernel(
                 _bwd_route(
                     0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
-                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
+                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
+                    s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False, 0,
                 )
             else:
                 _bwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
                     ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
+                    s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True, 0,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
                 _bwd_route(
                     0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
                     seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H, MAP_W,
-                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0, s_b1,
+                    DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES,
+                    s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
+                    s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, False,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False, 0,
                 )
             elif k == 1:
                 _bwd_route(
                     1 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
                     ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
+                    s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, False, True,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False,
+                    DIR_SCALE,
                 )
             elif k == 2:
                 _bwd_route(
                     2 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
                     ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
+                    s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, False,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True, 0,
                 )
             else:
                 _bwd_route(
                     3 * DIR_SCALE, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr,
                     ckpt_ptr, seg_e_ptr, seg_p_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, MAP_H,
-                    MAP_W, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_ad, s_an, s_b0,
+                    dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
+                    s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
                     CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, True, True,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True,
+                    DIR_SCALE,
                 )

@@ -61,18 +61,19 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0)
 
 
-def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
-    """Elements from one direction's tensor to the next's (0 with one direction or a shared tensor).
+def direction_offsets(tensors: list[torch.Tensor | None], name: str) -> tuple[int, int]:
+    """(step, col): direction k's tensor starts k * step elements after direction 0's, plus col for the column routes
+    (1 and 3) of a 2D launch; (0, 0) with one direction or a tensor every direction shares.
 
-    The kernels address direction k's tensor as direction 0's pointer + k * step, so the tensors must have
-    one dtype, shape and strides, and (more than two directions) be evenly spaced in memory, as the slices
-    of a stacked tensor are.
+    So the tensors must have one dtype, shape, strides and device, and be spaced in memory as slices of one stacked
+    tensor are (col = 0), or (four routes) as the row routes' slices of one tensor and the column routes' of another
+    (u: the map and its column-major copy).
     """
     first = tensors[0]
     if len(tensors) == 1 or first is None:
         if any(t is not None for t in tensors[1:]):
             raise ValueError(f"{name}: given for some directions but not for direction 0")
-        return 0
+        return 0, 0
     for k, t in enumerate(tensors[1:], 1):
         if t is None:
             raise ValueError(f"{name}: given for direction 0 but not for direction {k}")
@@ -81,11 +82,22 @@ def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
                              f"direction 0 has {first.dtype} {tuple(first.shape)} strides {first.stride()}, "
                              f"direction {k} has {t.dtype} {tuple(t.shape)} strides {t.stride()}")
     size = first.element_size()
-    step = (tensors[1].data_ptr() - first.data_ptr()) // size
-    for k, t in enumerate(tensors[2:], 2):
-        if t.data_ptr() != first.data_ptr() + k * step * size:
-            raise ValueError(f"{name}: the {len(tensors)} directions' tensors must be evenly spaced in memory "
-                             "(slices of one stacked tensor)")
+    gaps = [(t.data_ptr() - first.data_ptr()) // size for t in tensors]
+    if len(tensors) == 2:
+        return gaps[1], 0
+    step, col = gaps[2] // 2, gaps[1] - gaps[2] // 2
+    if len(tensors) != 4 or gaps[2] % 2 or gaps[3] != 3 * step + col:
+        raise ValueError(f"{name}: the {len(tensors)} directions' tensors must be laid out as slices of one stacked "
+                         "tensor (or, four routes, rows and columns as slices of two)")
+    return step, col
+
+
+def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
+    """`direction_offsets` of a tensor the kernels address without column offsets: the step, and col must be 0."""
+    step, col = direction_offsets(tensors, name)
+    if col:
+        raise ValueError(f"{name}: the {len(tensors)} directions' tensors must be evenly spaced in memory "
+                         "(slices of one stacked tensor)")
     return step
 
 
@@ -131,8 +143,11 @@ def _gather_flip(tile) -> bool:
 
 
 def _input_steps(dirs: list[ScanInputs]) -> dict[str, int]:
-    names = dict(u="dir_u", delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
-    return {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
+    """dir_* offsets of the inputs, and col_u (only u may differ between the row and column routes)."""
+    names = dict(delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
+    steps = {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
+    steps["dir_u"], steps["col_u"] = direction_offsets([d.u for d in dirs], "u")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -152,13 +167,14 @@ def _flags(first: ScanInputs, z, softplus: bool, b_var: bool, c_var: bool) -> di
 
 def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Tensor | None, out: torch.Tensor,
                    out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False,
-                   atomic_out: bool = False, map_hw: tuple[int, int] = (1, 1)) -> ForwardState:
+                   atomic_out: bool = False, out_col: int = 0) -> ForwardState:
     """Run the forward scan of every direction in `dirs` (1, 2 or 4) in one launch (two with segments).
 
-    out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements (out_step 0
-    with atomic_out: every direction adds into one fp32 output). z (batch, dim, L) is shared. h0: (K, batch,
-    dim, N) fp32 contiguous or None. reverse applies to a single direction (K = 2 runs forward then reverse;
-    K = 4 runs rows, columns, rows reversed, columns reversed over a map of map_hw).
+    out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements, plus out_col for
+    the column routes of a 2D launch (out_step 0 with atomic_out: directions add into a shared fp32 output). z
+    (batch, dim, L) is shared. h0: (K, batch, dim, N) fp32 contiguous or None. reverse applies to a single direction
+    (K = 2 runs forward then reverse; K = 4 runs the routes of a 2D map: rows, columns, rows reversed, columns
+    reversed, each direction's tensors in its scan order, see `direction_offsets`).
     """
     k_dirs = len(dirs)
     first = dirs[0]
@@ -174,13 +190,13 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     seg_h, seg_p = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
     steps = _input_steps(dirs)
     steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
-                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
+                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0, col_out=out_col)
     steps = _scaled_steps(steps)
     tile = plan.fwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (
         dim, length, d_state, dim // b_groups, dim // c_groups, plan.seg_len, plan.n_seg, tile.n_dtiles,
-        plan.n_tiles, map_hw[0], map_hw[1], *first.u.stride(), *first.delta.stride(), *_strides3(z), *out.stride(),
+        plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z), *out.stride(),
         *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
@@ -202,7 +218,8 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
 class Gradients:
     """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
 
-    du: (K, batch, dim, L), or (batch, dim, L) fp32 when u is shared (2D routes); ddelta (K, batch, dim, L);
+    du: (K, batch, dim, L), or with the 2D routes' shared u (2, batch, dim, L) fp32: the row routes' sum by pixel and
+    the column routes' sum in column-major order; ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
     dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
     dz (batch, dim, L) (fp32 when several directions share z) or None.
     """
@@ -220,13 +237,14 @@ class Gradients:
 
 def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.Tensor, dout_step: int,
                     dlast: torch.Tensor | None, state: ForwardState, *, plan: LaunchPlan, softplus: bool,
-                    deterministic: bool, reverse: bool = False, shared_u: bool = False,
-                    map_hw: tuple[int, int] = (1, 1), need_dh0: bool = False) -> Gradients:
+                    deterministic: bool, reverse: bool = False, shared_u: bool = False, dout_col: int = 0,
+                    need_dh0: bool = False) -> Gradients:
     """Backward of `launch_forward` for the same directions, in one launch (two with segments).
 
     dout: direction 0's output gradient (batch, dim, L) with L contiguous; direction k's is at dout +
-    k * dout_step (0: all directions receive the same gradient). dlast: (K, batch, dim, N) fp32 contiguous or
-    None. shared_u: every direction reads the same u (2D routes), so du is their sum. need_dh0: compute the
+    k * dout_step (0: all directions receive the same gradient), plus dout_col for the column routes of a 2D launch.
+    dlast: (K, batch, dim, N) fp32 contiguous or None. shared_u: the four 2D routes read one map (the column routes
+    its column-major copy), so du sums per layout (see Gradients). need_dh0: compute the
     gradient of an initial state (else Gradients.dh0 is None and nothing is allocated for it).
     """
     k_dirs = len(dirs)
@@ -241,12 +259,19 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     # u shared by more than two directions: fp32 atomics unless deterministic (then per-direction slots).
     # Two directions sharing z add into it atomically: a + b == b + a in fp32, so two addends are reproducible.
     atomic_du = shared_u and not deterministic
-    if shared_u:
-        du = torch.zeros(batch, dim, length, **f32) if atomic_du else torch.empty(k_dirs, batch, dim, length, **f32)
-        du_step = 0 if atomic_du else rows_len
+    du_col = 0
+    if atomic_du:  # the row routes add into du[0], the column routes into du[1]
+        du, du_step, du_col = torch.zeros(2, batch, dim, length, **f32), 0, rows_len
+    elif shared_u:  # a slot per route, summed below
+        du, du_step = torch.empty(k_dirs, batch, dim, length, **f32), rows_len
     else:
         du, du_step = torch.empty(k_dirs, batch, dim, length, dtype=first.u.dtype, device=dev), rows_len
-    ddelta = torch.empty(k_dirs, batch, dim, length, dtype=first.delta.dtype, device=dev)
+    if shared_u:  # the 2D routes' ddelta in their delta's layout, (batch, 4, dim, L): no transposed copy after
+        ddelta = torch.empty(batch, k_dirs, dim, length, dtype=first.delta.dtype, device=dev)
+        ddt_step, ddt_batch = dim * length, k_dirs * dim * length
+    else:
+        ddelta = torch.empty(k_dirs, batch, dim, length, dtype=first.delta.dtype, device=dev)
+        ddt_step, ddt_batch = rows_len, dim * length
     if z is not None and k_dirs > 2:
         raise ValueError("a z gate shared by more than two scan directions is not supported")
     atomic_dz = z is not None and k_dirs == 2
@@ -277,16 +302,16 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     seg_e = torch.empty((k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
     steps = _input_steps(dirs)
     steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt[0].numel(),
-                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=du_step, dir_ddt=rows_len, dir_dz=0,
+                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=du_step, dir_ddt=ddt_step, dir_dz=0,
                  dir_part=dA_part[0].numel(), dir_dB=dB_buf[0].numel(), dir_dC=dC_buf[0].numel(),
-                 dir_row=dD_part[0].numel())
+                 dir_row=dD_part[0].numel(), col_g=dout_col, col_du=du_col)
     steps = _scaled_steps(steps)
     tile = plan.bwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (
         dim, length, d_state, dim // b_groups, dim // c_groups, db_rows, dc_rows, plan.seg_len, plan.n_seg,
-        tile.n_dtiles, plan.n_tiles, map_hw[0], map_hw[1], *first.u.stride(), *first.delta.stride(), *_strides3(z),
-        *dout.stride(), *first.A.stride(), *sb, *sc,
+        tile.n_dtiles, plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z),
+        *dout.stride(), ddt_batch, *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
@@ -310,8 +335,8 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
             buf = buf.view(k_dirs, batch, groups, plan.bwd.n_dtiles // groups, d_state, length).sum(3)
         return buf.view(k_dirs, *like.shape).to(like.dtype)
 
-    if shared_u and not atomic_du:
-        du = du.sum(0)  # fixed order over the directions
+    if shared_u and not atomic_du:  # fixed order: rows, rows reversed; columns, columns reversed
+        du = torch.stack((du[0] + du[2], du[1] + du[3]))
     return Gradients(
         du=du, ddelta=ddelta, dA=dA_part.sum(1).to(first.A.dtype),
         dB=finish_bc(dB_buf, b_var, b_groups, first.B), dC=finish_bc(dC_buf, c_var, c_groups, first.C),

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 import mambasuite.kernels.triton.scan_plan as scan_plan  # noqa: E402
-from mambasuite.kernels import bidirectional_scan, cross_scan_2d  # noqa: E402
+from mambasuite.kernels import bidirectional_scan, cross_scan_2d, to_route_order  # noqa: E402
 from mambasuite.kernels.reference.multi_scan import route_order  # noqa: E402
 from scan_oracle import selective_scan_loop  # noqa: E402
 
@@ -137,22 +137,23 @@ def _map_inputs(batch, dim, height, width, n, g, dtype=torch.float32):
     def rnd(*shape, dt=dtype, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
 
-    return dict(x=rnd(batch, dim, height, width), delta=rnd(batch, 4, dim, height, width, scale=0.5),
+    return dict(x=rnd(batch, dim, height, width), delta=rnd(batch, 4, dim, hw, scale=0.5),
                 A=(-torch.rand(4, dim, n, generator=g) - 0.1).to(DEVICE), B=rnd(batch, 4, n, hw), C=rnd(batch, 4, n, hw),
                 D=rnd(4, dim, dt=torch.float32), delta_bias=rnd(4, dim, dt=torch.float32, scale=0.5))
 
 
 def _vmamba_style(x, delta, A, B, C, D, delta_bias):
-    """VMamba's cross-scan written with transposes and flips, scanned by the float64 loop oracle, merged."""
+    """VMamba's cross-scan written with transposes and flips, scanned by the float64 loop oracle, merged. delta, B
+    and C arrive in route order (routes 1 and 3 column-major), as VMamba's projections of its copies produce them."""
     batch, dim, height, width = x.shape
     to_cols = lambda t: t.unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)  # noqa: E731
     from_cols = lambda t: t.unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)  # noqa: E731
-    u, delta = x.flatten(-2), delta.flatten(-2)
+    u = x.flatten(-2)
     out = 0
     for k in range(4):
         tr = (lambda t: t) if k % 2 == 0 else to_cols
         fl = (lambda t: t.flip(-1)) if k >= 2 else (lambda t: t)
-        y = selective_scan_loop(fl(tr(u)), fl(tr(delta[:, k])), A[k], fl(tr(B[:, k])), fl(tr(C[:, k])), D[k],
+        y = selective_scan_loop(fl(tr(u)), fl(delta[:, k]), A[k], fl(B[:, k]), fl(C[:, k]), D[k],
                                 delta_bias=delta_bias[k], delta_softplus=True)
         y = fl(y)
         out = out + (y if k % 2 == 0 else from_cols(y))
@@ -172,15 +173,11 @@ def test_cross_scan_reference_equals_vmamba_transposes_and_flips():
     assert _err(got, _vmamba_style(**ins)) < 1e-12
 
 
-def test_column_routes_hand_b_and_c_over_in_scan_order():
-    """The 2D launcher re-indexes the column routes' (1 and 3) per-route tensors column-major, the order their scans
-    walk the map (the kernels read B and C in scan order), leaves the row routes as they are, and passes gradients
-    back to pixel order."""
-    from mambasuite.kernels.triton.multi_scan import routes_in_scan_order
-
+def test_to_route_order_reindexes_the_column_routes_column_major():
+    """Routes 0 and 2 stay by pixel, routes 1 and 3 are re-indexed column-major; gradients go back to pixel order."""
     height, width = 3, 5
     t = torch.randn(2, 4, 6, height * width, dtype=F64, requires_grad=True)
-    ordered = routes_in_scan_order(t, height)
+    ordered = to_route_order(t, height)
     assert ordered.is_contiguous() and ordered.shape == t.shape
     steps = torch.arange(height * width)
     column_major = (steps % height) * width + steps // height
@@ -192,6 +189,29 @@ def test_column_routes_hand_b_and_c_over_in_scan_order():
     back = weight.clone()
     back[:, 1::2][..., column_major] = weight[:, 1::2]
     assert torch.equal(t.grad, back)
+    with pytest.raises(ValueError, match=r"to_route_order: expected a \(batch, 4, C, H\*W\) tensor with H = 4"):
+        to_route_order(t, 4)
+    with pytest.raises(ValueError, match="to_route_order: expected"):
+        to_route_order(t[:, :3], height)
+
+
+def test_cross_scan_per_pixel_projections_put_in_route_order_match_vmamba_on_its_copies():
+    """What SS2D does: per-pixel projections of the map, reordered with to_route_order, are the tensors VMamba
+    computes from its cross-scanned copies, so both give one output."""
+    g = torch.Generator().manual_seed(12)
+    height, width, dim, n = 3, 4, 5, 2
+    x = torch.randn(2, dim, height, width, generator=g, dtype=F64)
+    weight = torch.randn(4, 2 * n + dim, dim, generator=g, dtype=F64) * 0.3
+    per_pixel = to_route_order(torch.einsum("bdl,kcd->bkcl", x.flatten(-2), weight), height)
+    to_cols = lambda t: t.unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)  # noqa: E731
+    copies = [x.flatten(-2), to_cols(x.flatten(-2))]
+    vmamba = torch.stack([torch.einsum("bdl,cd->bcl", copies[k % 2], weight[k]) for k in range(4)], dim=1)
+    assert torch.allclose(per_pixel, vmamba, atol=1e-12)
+    delta, B, C = torch.split(per_pixel, [dim, n, n], dim=2)
+    A = -torch.rand(4, dim, n, generator=g, dtype=F64) - 0.1
+    D, bias = torch.randn(4, dim, generator=g, dtype=F64), torch.randn(4, dim, generator=g, dtype=F64)
+    got = cross_scan_2d(x, delta, A, B, C, D, bias, delta_softplus=True, backend="reference")
+    assert _err(got, _vmamba_style(x, delta, A, B, C, D, bias)) < 1e-12
 
 
 @pytest.mark.parametrize("height,width,n,seg", [(5, 7, 1, None), (6, 4, 16, None), (9, 11, 4, 32)])
@@ -254,7 +274,7 @@ def test_cross_scan_bf16_map():
     assert _err(out, expected) < TOL[torch.bfloat16]
 
 
-def test_cross_scan_deterministic_mode_is_bitwise_reproducible(monkeypatch):
+def test_cross_scan_deterministic_mode_is_bitwise_reproducible_and_matches_the_reference(monkeypatch):
     monkeypatch.setenv("MAMBASUITE_DETERMINISTIC", "1")
     g = torch.Generator().manual_seed(9)
     ins = _map_inputs(2, 8, 5, 6, 4, g)
@@ -265,6 +285,12 @@ def test_cross_scan_deterministic_mode_is_bitwise_reproducible(monkeypatch):
         out.sum().backward()
         runs.append([out.detach()] + [leaves[k].grad for k in sorted(leaves)])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
+    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    expected.sum().backward()
+    errors = {"out": _err(runs[0][0], expected),
+              **{f"d{k}": _err(grad, ref[k].grad) for k, grad in zip(sorted(ins), runs[0][1:])}}
+    assert all(e < TOL[torch.float32] for e in errors.values()), errors
 
 
 def test_cross_scan_bad_inputs_are_named():
@@ -276,6 +302,8 @@ def test_cross_scan_bad_inputs_are_named():
         cross_scan_2d(**dict(ins, A=ins["A"][:2]))
     with pytest.raises(ValueError, match="delta must have shape"):
         cross_scan_2d(**dict(ins, delta=ins["delta"][:, :3]))
+    with pytest.raises(ValueError, match=r"B must have shape \(1, 4, 2\) \+ \(H\*W,\) = \(1, 4, 2, 9\), in route order"):
+        cross_scan_2d(**dict(ins, B=ins["B"].unflatten(-1, (3, 3))))
     with pytest.raises(ValueError, match=r"D must have shape \(4, dim\)"):
         cross_scan_2d(**dict(ins, D=ins["D"][0]))
     with pytest.raises(TypeError, match="route 0: delta must have u's dtype"):
@@ -354,3 +382,22 @@ def test_bidirectional_internal_outputs_carry_no_gradient():
     out, kept, ckpt, seg_p = triton_multi._bi_fwd(*flat, None, True, "mul")
     assert out.requires_grad and kept.numel() > 0
     assert not (kept.requires_grad or ckpt.requires_grad or seg_p.requires_grad)
+
+
+def test_direction_offsets_of_two_layouts_and_refusals():
+    """Four routes whose u alternates between a map and its column-major copy get (step 0, col = the copy's offset);
+    slices of one stacked tensor get (their spacing, col 0); anything else is refused by name."""
+    from mambasuite.kernels.triton.scan_launch import direction_offsets, direction_step
+
+    u, u_cols = torch.zeros(2, 3, 8), torch.zeros(2, 3, 8)
+    col = (u_cols.data_ptr() - u.data_ptr()) // u.element_size()
+    assert direction_offsets([u, u_cols, u, u_cols], "u") == (0, col)
+    stacked = torch.zeros(2, 4, 3, 8)
+    assert direction_offsets([stacked[:, k] for k in range(4)], "delta") == (24, 0)
+    assert direction_step([stacked[:, k] for k in range(2)], "delta") == 24
+    with pytest.raises(ValueError, match="delta: the 4 directions' tensors must be evenly spaced"):
+        direction_step([u, u_cols, u, u_cols], "delta")
+    with pytest.raises(ValueError, match="u: the 4 directions' tensors must be laid out as slices"):
+        direction_offsets([u, u_cols, u_cols, u], "u")
+    with pytest.raises(ValueError, match="u: every direction's tensor must have the same dtype"):
+        direction_offsets([u, u_cols.double(), u, u_cols], "u")
