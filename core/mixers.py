@@ -495,9 +495,8 @@ class SS2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
         delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (b, 4, d_inner, H*W)
         A = -torch.exp(_at_least_fp32(self.A_logs)).view(self.K, e, n)
-        y = cross_scan_2d(x, delta, A, Bs, Cs, _at_least_fp32(self.Ds).view(self.K, e),
-                          _at_least_fp32(self.dt_projs_bias), delta_softplus=True, backend=self.backend)
-        return y.to(x.dtype)
+        return cross_scan_2d(x, delta, A, Bs, Cs, _at_least_fp32(self.Ds).view(self.K, e),
+                             _at_least_fp32(self.dt_projs_bias), delta_softplus=True, backend=self.backend)
 
     def _cross_scan_merge_pairs(self, x: torch.Tensor) -> torch.Tensor:
         """`_cross_scan_merge` through two grouped `selective_scan` calls over stacked route pairs (VMamba's

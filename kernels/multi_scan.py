@@ -68,7 +68,7 @@ def cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=
         backend: "auto" | "reference" | "triton" (one launch, no stacked copy of the map, merge in the stores) |
             "mamba_ssm" (VMamba's pipeline: a stacked (batch, 4, dim, H*W) cross-scan copy, one peer call, a merge).
     Returns:
-        (batch, dim, H, W) fp32.
+        (batch, dim, H, W) in x's dtype (the four routes summed in fp32, float64 for float64).
     """
     batch, dim, height, width, n = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, backend)
     backend = _resolve(backend, x.device, "cross_scan_2d")
@@ -99,7 +99,7 @@ def _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus):
     out = torch.zeros(batch, dim, height * width, dtype=torch.float32, device=x.device)
     for k in range(4):
         out[..., orders[k]] += ys[:, k]
-    return out.view(batch, dim, height, width)
+    return out.view(batch, dim, height, width).to(x.dtype)
 
 
 __all__ = ["bidirectional_scan", "cross_scan_2d", "to_route_order"]

@@ -78,7 +78,8 @@ def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softp
             routes 1 and 3 column-major).
         A: (4, dim, N) fp32; B, C: (batch, 4, N, H*W) per route, in route order; D, delta_bias: (4, dim) or None.
     Returns:
-        (batch, dim, H, W) fp32: sum over routes of each route's output placed back at its pixels.
+        (batch, dim, H, W) in x's dtype: sum over routes (in fp32, float64 for float64) of each route's output
+        placed back at its pixels.
     """
     batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "reference")
     u = x.reshape(batch, dim, height * width)
@@ -92,4 +93,4 @@ def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softp
                                delta_bias=None if delta_bias is None else delta_bias[route],
                                delta_softplus=delta_softplus, reverse=route >= 2)
         out[..., order] += y.to(acc)
-    return out.view(batch, dim, height, width)
+    return out.view(batch, dim, height, width).to(x.dtype)

@@ -9,7 +9,7 @@ Both run every direction in one launch of the same kernels as the single scan (`
   (routes 1 and 3 column-major), so every route reads them in place. u is the map for the row routes and one
   column-major copy of it for the column routes (a column walk of the row-major map strides W pixels at every
   element); the row routes add their outputs into one fp32 map, the column routes into one column-major map, and one
-  pass sums the two (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the four routes to separate slots and
+  pass sums the two into the output, in x's dtype (no (batch, 4, dim, H*W) buffer). Deterministic mode writes the four routes to separate slots and
   sums them in a fixed order instead.
 
 Both are `torch.library.custom_op`s with fake implementations, with autograd attached; eager calls skip the
@@ -173,7 +173,8 @@ def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
                   D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
-    A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) fp32 by pixel, checkpoints and
+    A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
+    in fp32), checkpoints and
     segment products."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
@@ -187,7 +188,7 @@ def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
         rows, cols = torch.zeros(2, batch, dim, length, **f32)
         state = launch_forward(dirs, None, None, rows, 0, plan=plan, softplus=delta_softplus, atomic_out=True,
                                out_col=_elements_between(rows, cols))
-    return _merge_layouts(rows, cols, height, torch.float32), state.ckpt, state.seg_p
+    return _merge_layouts(rows, cols, height, u.dtype), state.ckpt, state.seg_p
 
 
 _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
@@ -197,7 +198,7 @@ _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan
 def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     ckpt_shape, seg_shape = state_shapes(u, A[0], plan, 4)
-    return (u.new_empty(u.shape, dtype=torch.float32), u.new_empty(ckpt_shape, dtype=torch.float32),
+    return (u.new_empty(u.shape), u.new_empty(ckpt_shape, dtype=torch.float32),
             u.new_empty(seg_shape, dtype=torch.float32))
 
 

@@ -50,9 +50,12 @@ TILE_PLANS = (
     # 3.144 / 3.400 ms forward (call 2)
     (None, None, (1024, 1, 1), (256, 1, 1), 4, None),
 )
-# Launches of several directions (bidirectional: 2, 2D routes: 4) do not unroll the forward: the 2D four-route forward
-# at (64, 192, 56, 56, 16) took 16.0 ms unrolled 4 times against 12.8 ms without (session 5, same H200 call). Their
-# tiles, from session 6's same-call comparisons of fwd+bwd ms (the single-direction tiles / these):
+# Bidirectional launches do not unroll the forward (unroll 4 was slower for the 2D routes too in session 5, when their
+# column routes still read the map in place). Since the 2D column routes read a column-major copy (session 11), the 2D
+# routes run the single-direction forward's unroll 4 and 2 stages (FOUR_ROUTE_FWD): one H200 call, fwd+bwd ms at
+# (64, 192, 56, 56) N=1 / N=16 / (64, 384, 28, 28) N=1: 3.406 / 15.774 / 2.360 with neither, 3.405 / 15.760 / 1.957
+# with both (2 stages alone: 3.403 / 15.208 / 2.194). Tiles, from session 6's same-call comparisons of fwd+bwd ms (the
+# single-direction tiles / these):
 MULTI_DIRECTION_PLANS = (
     # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200);
     # session 9 (same call), tiled / step-by-step forward: fwd 1.115 / 1.031 ms, fwd+bwd 4.140 / 4.056
@@ -165,6 +168,7 @@ BWD_SHIFT_A = True
 # at (2, 512, 131072, 16) took 14.16 ms against 9.73, the 2D one at (64, 192, 56, 56, 16) 9.96 against 8.48 (a call
 # before). The backward's loop over states pipelined 2 stages was slower everywhere (1.46 -> 2.69 ms at L = 197).
 TILED_FWD_STAGES = 2
+FOUR_ROUTE_FWD = (4, 2)  # the 2D routes' forward (unroll, stages), replacing their plan row's (see above)
 SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
 SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
@@ -225,6 +229,9 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     if shift_a and shift_a.strip() not in ("0", "1"):
         raise ValueError(f"{_TILE_ENV[_SHIFT_A]}={shift_a!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
     fwd_default, bwd_default, unroll, seq = _default_tiles(batch * dim, length, directions)
+    stages = TILED_FWD_STAGES if directions == 1 else 1
+    if directions == 4:
+        unroll, stages = FOUR_ROUTE_FWD
     env_fwd = any(overrides[:4])
     # A forward tile set through the environment is honoured: the tiled forward runs, unless _SEQ is set as well.
     # The step-by-step forward unrolls its loop over states (a register vector each): the default only for N <= 16.
@@ -242,7 +249,7 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     if seq is not None:  # step by step: no forward tile; checkpoints every backward tile
         fwd_t, (fwd_d, fwd_w, fwd_stages), fwd_r = bwd_t, seq, 0
     else:  # the tiled forward's pipeline stages over states
-        fwd_stages = int(overrides[_FWD_STAGES] or 0) or (TILED_FWD_STAGES if directions == 1 else 1)
+        fwd_stages = int(overrides[_FWD_STAGES] or 0) or stages
     if max(fwd_t, bwd_t) % min(fwd_t, bwd_t):
         raise ValueError(f"selective scan tiles: the forward's {fwd_t} steps and the backward's {bwd_t} must divide "
                          "one another")

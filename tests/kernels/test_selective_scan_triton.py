@@ -134,8 +134,9 @@ def test_memoised_plans_follow_overrides_and_forced_segments(monkeypatch):
 
 
 def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatch):
-    """The forward's loop over states is unrolled 4x for single-direction scans past L = 256 (faster there on the
-    H200), not at short L and not in multi-direction launches (slower there); MAMBASUITE_SCAN_FWD_UNROLL overrides."""
+    """The forward's loop over states is unrolled 4x for single-direction scans past L = 256 and for the 2D routes
+    (faster there on the H200), not at short L and not in bidirectional launches (slower there);
+    MAMBASUITE_SCAN_FWD_UNROLL overrides."""
     device = torch.device(DEVICE)
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_unroll == 1
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_unroll == 4
@@ -143,7 +144,8 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
     assert (long_plan.fwd_unroll, long_plan.fwd.block_t, long_plan.fwd.num_warps) == (4, 1024, 1)
     bidir = triton_scan.plan_launch(2, 8, 131072, 4, 1, device, directions=2)
     assert (bidir.fwd_unroll, bidir.fwd.block_t, bidir.bwd.block_t) == (1, 256, 256)
-    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=4).fwd_unroll == 1
+    assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=2).fwd_unroll == 1
+    assert triton_scan.plan_launch(2, 8, 3136, 4, 1, device, directions=4).fwd_unroll == 4
     monkeypatch.setenv("MAMBASUITE_SCAN_FWD_UNROLL", "2")
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_unroll == 2
 
@@ -239,12 +241,13 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
 
 
 def test_tiled_forward_pipeline_stages(monkeypatch):
-    """Single-direction tiled forwards pipeline their loop over states 2 stages (multi-direction launches 1; the
+    """Single-direction and 2D tiled forwards pipeline their loop over states 2 stages (bidirectional launches 1; the
     step-by-step forward keeps its own stages); MAMBASUITE_SCAN_FWD_STAGES overrides, and a pipelined launch stays
     exact (the CPU interpreter runs the loop as written, so on CPU this checks the plumbing)."""
     device = torch.device(DEVICE)
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_stages == 2
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=2).fwd_stages == 1
+    assert triton_scan.plan_launch(2, 8, 784, 4, 1, device, directions=4).fwd_stages == 2
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).fwd_stages == 1  # step by step, 32:1:1
     monkeypatch.setenv("MAMBASUITE_SCAN_FWD_STAGES", "3")
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=4).fwd_stages == 3
