@@ -75,9 +75,9 @@ def cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=
     if backend == "reference":
         return cross_scan_2d_ref(x, delta, A, B, C, D, delta_bias, delta_softplus=delta_softplus)
     if backend == "triton":
-        from .triton.multi_scan import cross_scan_2d_triton
+        from .triton.multi_scan import cross_scan_2d_checked
 
-        return cross_scan_2d_triton(x, delta, A, B, C, D, delta_bias, delta_softplus=delta_softplus)
+        return cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus)
     return _cross_scan_2d_peer(x, delta, A, B, C, D, delta_bias, delta_softplus)
 
 

@@ -23,6 +23,7 @@ import torch
 from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
 from ..reference.multi_scan import combine_directions
 from .eager import EagerOp
+from .map_layout import column_major, merge_layouts
 from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
 from .scan_plan import deterministic_mode
 
@@ -142,21 +143,6 @@ def bidirectional_scan_checked(pairs: dict, z, combine: str, delta_softplus: boo
 
 
 # --------------------------------------------------------------------------------------------- 2D routes
-def _column_major(t: torch.Tensor, height: int) -> torch.Tensor:
-    """(..., H*W) by pixel -> a contiguous (..., W*H) copy in column-major pixel order (the column routes' order)."""
-    return t.unflatten(-1, (height, t.shape[-1] // height)).transpose(-1, -2).reshape(t.shape)
-
-
-def _merge_layouts(rows: torch.Tensor, cols: torch.Tensor, height: int, dtype: torch.dtype) -> torch.Tensor:
-    """rows (batch, dim, H*W) by pixel + cols (batch, dim, W*H) column-major -> (batch, dim, H*W) by pixel, in
-    dtype, in one pass."""
-    batch, dim, length = rows.shape
-    width = length // height
-    out = torch.empty(batch, dim, height, width, dtype=dtype, device=rows.device)
-    torch.add(rows.view(batch, dim, height, width), cols.view(batch, dim, width, height).transpose(-1, -2), out=out)
-    return out.view(batch, dim, length)
-
-
 def _routes(u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None) -> list[ScanInputs]:
     """The four routes' inputs: the row routes read the map, the column routes its column-major copy; the per-route
@@ -169,26 +155,29 @@ def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
     return (b.data_ptr() - a.data_ptr()) // a.element_size()
 
 
+# The four routes' outputs: True adds the row routes into one fp32 map and the column routes into another (zero-filled
+# first); False writes each route to its own slot (what deterministic mode always does). Either way one pass merges.
+ATOMIC_ROUTE_OUTPUTS = True
+
+
 def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                   D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
     A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
-    in fp32), checkpoints and
-    segment products."""
+    in fp32), checkpoints and segment products."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = _routes(u, _column_major(u, height), delta, A, B, C, D, delta_bias)
+    dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)
     f32 = dict(dtype=torch.float32, device=u.device)
-    if deterministic:  # one slot per route, summed in a fixed order
-        slots = torch.empty(4, batch, dim, length, **f32)
-        state = launch_forward(dirs, None, None, slots[0], slots[0].numel(), plan=plan, softplus=delta_softplus)
-        rows, cols = slots[0] + slots[2], slots[1] + slots[3]
-    else:  # the row routes add into one map by pixel, the column routes into one in their order
-        rows, cols = torch.zeros(2, batch, dim, length, **f32)
-        state = launch_forward(dirs, None, None, rows, 0, plan=plan, softplus=delta_softplus, atomic_out=True,
-                               out_col=_elements_between(rows, cols))
-    return _merge_layouts(rows, cols, height, u.dtype), state.ckpt, state.seg_p
+    if deterministic or not ATOMIC_ROUTE_OUTPUTS:  # one slot per route (route k in slot k), summed in a fixed order
+        parts = torch.empty(4, batch, dim, length, **f32)
+        state = launch_forward(dirs, None, None, parts[0], parts[0].numel(), plan=plan, softplus=delta_softplus)
+    else:  # the row routes add into parts[0] by pixel, the column routes into parts[1] in their order
+        parts = torch.zeros(2, batch, dim, length, **f32)
+        state = launch_forward(dirs, None, None, parts[0], 0, plan=plan, softplus=delta_softplus, atomic_out=True,
+                               out_col=parts[0].numel())
+    return merge_layouts(parts[0::2], parts[1::2], height, u.dtype), state.ckpt, state.seg_p
 
 
 _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
@@ -209,14 +198,14 @@ def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: t
     dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The column-major copies of u and dout
     are made again here rather than kept from the forward (a copy is cheaper than holding a map)."""
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = _routes(u, _column_major(u, height), delta, A, B, C, D, delta_bias)
+    dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)
     dout = dout.contiguous()
-    dout_cols = _column_major(dout, height)  # (held until the launch: the kernels find it by its offset)
+    dout_cols = column_major(dout, height)  # (held until the launch: the kernels find it by its offset)
     g = launch_backward(dirs, None, dout, 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan,
                         softplus=delta_softplus, deterministic=deterministic, shared_u=True,
                         dout_col=_elements_between(dout, dout_cols))
     empty = u.new_empty(0)
-    return [_merge_layouts(g.du[0], g.du[1], height, u.dtype), g.ddelta, g.dA, g.dB.transpose(0, 1).contiguous(),
+    return [merge_layouts(g.du[0::2], g.du[1::2], height, u.dtype), g.ddelta, g.dA, g.dB.transpose(0, 1).contiguous(),
             g.dC.transpose(0, 1).contiguous(), g.dD if g.dD is not None else empty.clone(),
             g.dbias if g.dbias is not None else empty.clone()]
 
@@ -257,10 +246,17 @@ _x2d_fwd = EagerOp(_x2d_fwd_op, _x2d_scan_fwd, _x2d_setup, _x2d_backward)
 
 
 def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False):
-    """Four routes in one launch, merged in the stores; same contract as `cross_scan_2d_ref`. The column routes read
-    a column-major copy of the map (one map, not VMamba's four) and add into a column-major output that one pass merges
-    back; every other tensor is read and written in place."""
-    batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "triton")
+    """Four routes in one launch, merged in one pass after it; same contract as `cross_scan_2d_ref`. The column
+    routes read a column-major copy of the map (one map, not VMamba's four) and write column-major outputs; every
+    other tensor is read and written in place."""
+    check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "triton")
+    return cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> torch.Tensor:
+    """`cross_scan_2d_triton` on arguments that `check_cross_scan_args` has passed (the dispatcher checks once at the
+    public boundary: the check validates all four routes, and repeating it was a third of the op's host time)."""
+    batch, dim, height, width = x.shape
     if x.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")

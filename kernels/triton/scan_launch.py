@@ -218,8 +218,9 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
 class Gradients:
     """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
 
-    du: (K, batch, dim, L), or with the 2D routes' shared u (2, batch, dim, L) fp32: the row routes' sum by pixel and
-    the column routes' sum in column-major order; ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
+    du: (K, batch, dim, L), or with the 2D routes' shared u fp32 parts (P, batch, dim, L), routes 0 and 2 in the even
+    parts by pixel, 1 and 3 in the odd ones column-major: P = 2 (each pair added into one part), or 4 (deterministic,
+    route k in part k); ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
     dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
     dz (batch, dim, L) (fp32 when several directions share z) or None.
     """
@@ -262,7 +263,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     du_col = 0
     if atomic_du:  # the row routes add into du[0], the column routes into du[1]
         du, du_step, du_col = torch.zeros(2, batch, dim, length, **f32), 0, rows_len
-    elif shared_u:  # a slot per route, summed below
+    elif shared_u:  # a slot per route (the caller sums them in a fixed order)
         du, du_step = torch.empty(k_dirs, batch, dim, length, **f32), rows_len
     else:
         du, du_step = torch.empty(k_dirs, batch, dim, length, dtype=first.u.dtype, device=dev), rows_len
@@ -335,8 +336,6 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
             buf = buf.view(k_dirs, batch, groups, plan.bwd.n_dtiles // groups, d_state, length).sum(3)
         return buf.view(k_dirs, *like.shape).to(like.dtype)
 
-    if shared_u and not atomic_du:  # fixed order: rows, rows reversed; columns, columns reversed
-        du = torch.stack((du[0] + du[2], du[1] + du[3]))
     return Gradients(
         du=du, ddelta=ddelta, dA=dA_part.sum(1).to(first.A.dtype),
         dB=finish_bc(dB_buf, b_var, b_groups, first.B), dC=finish_bc(dC_buf, c_var, c_groups, first.C),
