@@ -33,11 +33,12 @@ Several directions in one launch (the grid's third axis): `_fwd_program` / `_bwd
 work; the entry kernels call them once per direction, with direction k's tensors at k * dir_* elements from
 direction 0's (the bidirectional scan: forward then reverse; the 2D cross-scan: rows, columns, both reversed).
 Every direction reads its tensors in its own scan order, memory position = step. The 2D cross-scan's column
-routes (1 and 3) therefore read a column-major copy of the map and write (or add) into a column-major output: the
-entry kernels add the col_* offsets to their u, out, dout and du pointers (COL_SCALE). Reading the row-major map in
+routes (1 and 3) therefore read a column-major copy of the map (and of the output gradient), and the entry kernels
+add the col_* offsets to their u and dout pointers (COL_SCALE); every route writes its own output slot, in its scan
+order, which the launcher merges afterwards (`map_layout.merge_layouts`). Reading the row-major map in
 place along a column strides W pixels at every element, and that was the fused op's main cost (H200, 2026-11-30,
 bench cross2d at (64, 192, 56, 56, N=1): 7.2 ms fwd+bwd read in place, 3.1 ms with every access row-major).
-Routes that share an output add into it atomically (ATOMIC_OUT / ATOMIC_DU / ATOMIC_DZ).
+The two directions of a bidirectional scan add into the z gradient they share atomically (ATOMIC_DZ).
 
 The backward's tile may span several checkpoint intervals (CKPT_RATIO); it starts from the checkpoint of
 the first interval it covers in scan order.
@@ -59,12 +60,12 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)  # globals used in @jit code must be constexpr
 
 # Per-direction element offsets of the multi-direction launches (see selective_scan_fwd_kernel); the col_* offsets
-# are added for the column routes of a 2D map only.
+# are added for the column routes of a 2D map only (u, and the backward's dout).
 FWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_state", "dir_out",
-                         "dir_ckpt", "dir_seg", "col_u", "col_out"]
+                         "dir_ckpt", "dir_seg", "col_u"]
 BWD_DIRECTION_OFFSETS = ["dir_u", "dir_dt", "dir_A", "dir_B", "dir_C", "dir_D", "dir_bias", "dir_g", "dir_state",
                          "dir_ckpt", "dir_seg", "dir_du", "dir_ddt", "dir_dz", "dir_part", "dir_dB", "dir_dC",
-                         "dir_row", "col_u", "col_g", "col_du"]
+                         "dir_row", "col_u", "col_g"]
 
 
 @triton.jit
@@ -180,7 +181,7 @@ def _fwd_program(
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
     GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, STAGES: tl.constexpr,
 ):
@@ -292,10 +293,7 @@ def _fwd_program(
                 zv = _load_tile(z_ptr, b, offs_d, offs_t, s_zb, s_zd, s_zt, m2)
                 y = y * zv * tl.sigmoid(zv)
             o_ptrs = out_ptr + b * s_ob + offs_d[:, None] * s_od + offs_t[None, :] * s_ot
-            if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
-                tl.atomic_add(o_ptrs, y, mask=m2, sem="relaxed")
-            else:
-                tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
+            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
     seg_off = ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :]
     if STATE_ONLY:
@@ -337,7 +335,7 @@ def _fwd_seq_program(
     s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
-    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CKPT_T: tl.constexpr, SEQ_STAGES: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment), one time step per loop iteration.
@@ -465,10 +463,7 @@ def _fwd_seq_program(
             if HAS_Z:
                 zv = tl.load(z_row + t * s_zt, mask=mask_d, other=0.0).to(tl.float32)
                 y = y * zv * tl.sigmoid(zv)
-            if ATOMIC_OUT:  # 2D routes merged in the store: every route adds into one fp32 map
-                tl.atomic_add(o_row + t * s_ot, y, mask=mask_d, sem="relaxed")
-            else:
-                tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
     if STATE_ONLY:
         seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N
@@ -488,36 +483,36 @@ def _fwd_route(
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
-    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     UNROLL_N: tl.constexpr, GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
-    dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, col_u, col_out, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
+    dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, col_u, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
     SEQUENTIAL: tl.constexpr, SEQ_STAGES: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
     knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). A column route adds
-    COL_SCALE (DIR_SCALE, else 0) times col_* to its u and out. SEQUENTIAL picks the step-by-step forward program
+    COL_SCALE (DIR_SCALE, else 0) times col_u to its u. SEQUENTIAL picks the step-by-step forward program
     (`_fwd_seq_program`) over the tiled one; both write the same outputs."""
     if SEQUENTIAL:
         _fwd_seq_program(
             u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
             C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state,
-            out_ptr + k * dir_out + COL_SCALE * col_out,
+            out_ptr + k * dir_out,
             ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
             N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
-            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE,
             BLOCK_D, N_PAD, CKPT_T, SEQ_STAGES,
         )
     else:
         _fwd_program(
             u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
             C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, h0_ptr + k * dir_state,
-            out_ptr + k * dir_out + COL_SCALE * col_out,
+            out_ptr + k * dir_out,
             ckpt_ptr + k * dir_ckpt, last_ptr + k * dir_state, seg_h_ptr + k * dir_seg, seg_p_ptr + k * dir_seg, DIM, L,
             N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
-            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
+            HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, SEQ_STAGES,
         )
 
@@ -532,25 +527,25 @@ def selective_scan_fwd_kernel(
     s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
-    ATOMIC_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, UNROLL_N: tl.constexpr,
     GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64,
     dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64, dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64,
-    dir_ckpt: tl.int64, dir_seg: tl.int64, col_u: tl.int64, col_out: tl.int64,
+    dir_ckpt: tl.int64, dir_seg: tl.int64, col_u: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr, SEQUENTIAL: tl.constexpr,
     SEQ_STAGES: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
     chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
     2D map (rows, columns, both reversed). dir_* are the element offsets from one direction's tensors to the
-    next's (0 for a tensor the directions share); col_* are added to the column routes' (1 and 3) u and out."""
+    next's (0 for a tensor the directions share); col_u is added to the column routes' (1 and 3) u."""
     if DIRECTIONS == 1:
         _fwd_route(
             0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ckpt_ptr, last_ptr,
             seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
-            s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT,
+            s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_state, dir_out, dir_ckpt, dir_seg, 0, 0, REVERSE, 0, SEQUENTIAL, SEQ_STAGES,
+            dir_state, dir_out, dir_ckpt, dir_seg, 0, REVERSE, 0, SEQUENTIAL, SEQ_STAGES,
         )
     else:
         k = tl.program_id(2)
@@ -561,9 +556,9 @@ def selective_scan_fwd_kernel(
                     seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
-                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
+                    STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, False, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
@@ -571,9 +566,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, True, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -582,9 +577,9 @@ def selective_scan_fwd_kernel(
                     seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES,
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
-                    STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
+                    STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, False, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 1:
                 _fwd_route(
@@ -592,9 +587,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, False, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
                 )
             elif k == 2:
                 _fwd_route(
@@ -602,9 +597,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, True, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES,
                 )
             else:
                 _fwd_route(
@@ -612,9 +607,9 @@ def selective_scan_fwd_kernel(
                     ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr, DIM, L, N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES,
                     N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad,
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
-                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, ATOMIC_OUT, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
+                    B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, col_out, True, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
                 )
 
 
@@ -629,7 +624,7 @@ def _bwd_program(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
-    ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
+    ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):
@@ -824,10 +819,7 @@ def _bwd_program(
                 ddt = tl.where(dt_raw > 20.0, ddt, ddt * tl.sigmoid(dt_raw))
             ddt = tl.where(m2, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=1)
-            if ATOMIC_DU:  # u shared by the 2D routes
-                tl.atomic_add(du_ptr + g_off, du, mask=m2, sem="relaxed")
-            else:
-                tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=m2)
             ddt_off = b * s_xb + offs_d[:, None] * L + offs_t[None, :]  # ddelta's batch stride is s_xb
             tl.store(ddt_ptr + ddt_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
 
@@ -862,28 +854,28 @@ def _bwd_route(
     s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
-    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
+    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DZ: tl.constexpr,
     NEED_DH0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr, dir_u, dir_dt,
     dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
     dir_dB, dir_dC, dir_row,
-    col_u, col_g, col_du, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
+    col_u, col_g, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
     knows the direction's pointers stay 16-element aligned and keeps vectorised loads; else 1). A column route adds
-    COL_SCALE (DIR_SCALE, else 0) times col_* to its u, dout and du."""
+    COL_SCALE (DIR_SCALE, else 0) times col_* to its u and dout."""
     _bwd_program(
         u_ptr + k * dir_u + COL_SCALE * col_u, dt_ptr + k * dir_dt, A_ptr + k * dir_A, B_ptr + k * dir_B,
         C_ptr + k * dir_C, D_ptr + k * dir_D, z_ptr, bias_ptr + k * dir_bias, dout_ptr + k * dir_g + COL_SCALE * col_g,
         dlast_ptr + k * dir_state, ckpt_ptr + k * dir_ckpt, seg_e_ptr + k * dir_seg, seg_p_ptr + k * dir_seg,
-        du_ptr + k * dir_du + COL_SCALE * col_du, ddt_ptr + k * dir_ddt, dz_ptr + k * dir_dz, dA_ptr + k * dir_part,
+        du_ptr + k * dir_du, ddt_ptr + k * dir_ddt, dz_ptr + k * dir_dz, dA_ptr + k * dir_part,
         dB_ptr + k * dir_dB, dC_ptr + k * dir_dC, dD_ptr + k * dir_row, dbias_ptr + k * dir_row,
         dh0_ptr + k * dir_state, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES,
         N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
         s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE,
-        CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+        CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
         CKPT_RATIO, GATHER_FLIP,
     )
 
@@ -899,13 +891,13 @@ def selective_scan_bwd_kernel(
     s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, CARRY_ONLY: tl.constexpr,
-    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DU: tl.constexpr, ATOMIC_DZ: tl.constexpr,
+    SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr, ATOMIC_DZ: tl.constexpr,
     NEED_DH0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     CKPT_RATIO: tl.constexpr,
     GATHER_FLIP: tl.constexpr, dir_u: tl.int64, dir_dt: tl.int64, dir_A: tl.int64, dir_B: tl.int64, dir_C: tl.int64,
     dir_D: tl.int64, dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
-    dir_row: tl.int64, col_u: tl.int64, col_g: tl.int64, col_du: tl.int64,
+    dir_row: tl.int64, col_u: tl.int64, col_g: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
 ):
     """Backward launch; same grid, directions and dir_* / col_* offsets as the forward."""
@@ -916,10 +908,10 @@ def selective_scan_bwd_kernel(
             GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td,
             s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2,
             s_c3, HAS_D,
-            HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ,
+            HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ,
             NEED_DH0, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
             dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row,
-            0, 0, 0, REVERSE, 0,
+            0, 0, REVERSE, 0,
         )
     else:
         k = tl.program_id(2)
@@ -932,10 +924,10 @@ def selective_scan_bwd_kernel(
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False, 0,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False, 0,
                 )
             else:
                 _bwd_route(
@@ -944,10 +936,10 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
                     s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True, 0,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True, 0,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -958,10 +950,10 @@ def selective_scan_bwd_kernel(
                     s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1,
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False, 0,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False, 0,
                 )
             elif k == 1:
                 _bwd_route(
@@ -970,10 +962,10 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
                     s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, False,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False,
                     DIR_SCALE,
                 )
             elif k == 2:
@@ -983,10 +975,10 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
                     s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True, 0,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True, 0,
                 )
             else:
                 _bwd_route(
@@ -995,9 +987,9 @@ def selective_scan_bwd_kernel(
                     dh0_ptr, DIM, L, N, GROUP_B, GROUP_C, DB_ROWS, DC_ROWS, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub,
                     s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
                     s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR,
-                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DU, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
+                    CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
-                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, col_du, True,
+                    dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True,
                     DIR_SCALE,
                 )

@@ -166,13 +166,11 @@ def _flags(first: ScanInputs, z, softplus: bool, b_var: bool, c_var: bool) -> di
 
 
 def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Tensor | None, out: torch.Tensor,
-                   out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False,
-                   atomic_out: bool = False, out_col: int = 0) -> ForwardState:
+                   out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False) -> ForwardState:
     """Run the forward scan of every direction in `dirs` (1, 2 or 4) in one launch (two with segments).
 
-    out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements, plus out_col for
-    the column routes of a 2D launch (out_step 0 with atomic_out: directions add into a shared fp32 output). z
-    (batch, dim, L) is shared. h0: (K, batch, dim, N) fp32 contiguous or None. reverse applies to a single direction
+    out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements, in its scan order.
+    z (batch, dim, L) is shared. h0: (K, batch, dim, N) fp32 contiguous or None. reverse applies to a single direction
     (K = 2 runs forward then reverse; K = 4 runs the routes of a 2D map: rows, columns, rows reversed, columns
     reversed, each direction's tensors in its scan order, see `direction_offsets`).
     """
@@ -190,7 +188,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     seg_h, seg_p = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
     steps = _input_steps(dirs)
     steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
-                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0, col_out=out_col)
+                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
     steps = _scaled_steps(steps)
     tile = plan.fwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
@@ -199,7 +197,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
         plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z), *out.stride(),
         *first.A.stride(), *sb, *sc,
     )
-    meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_OUT=atomic_out, BLOCK_D=tile.block_d,
+    meta = dict(_flags(first, z, softplus, b_var, c_var), BLOCK_D=tile.block_d,
                 BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, **_tile_options(tile),
                 UNROLL_N=plan.fwd_unroll, GATHER_FLIP=_gather_flip(tile), CKPT_T=plan.ckpt_len,
                 SEQUENTIAL=plan.fwd_sequential, SEQ_STAGES=plan.fwd_stages)
@@ -218,9 +216,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
 class Gradients:
     """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
 
-    du: (K, batch, dim, L), or with the 2D routes' shared u fp32 parts (P, batch, dim, L), routes 0 and 2 in the even
-    parts by pixel, 1 and 3 in the odd ones column-major: P = 2 (each pair added into one part), or 4 (deterministic,
-    route k in part k); ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
+    du: (K, batch, dim, L), fp32 for the 2D routes' shared u (route k's part in its scan order: the caller merges); ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
     dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
     dz (batch, dim, L) (fp32 when several directions share z) or None.
     """
@@ -257,16 +253,9 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     dev = first.u.device
     f32 = dict(dtype=torch.float32, device=dev)
     rows_len = batch * dim * length
-    # u shared by more than two directions: fp32 atomics unless deterministic (then per-direction slots).
+    # u shared by the 2D routes: an fp32 slot per route, which the caller merges (no atomics, no zero fill).
     # Two directions sharing z add into it atomically: a + b == b + a in fp32, so two addends are reproducible.
-    atomic_du = shared_u and not deterministic
-    du_col = 0
-    if atomic_du:  # the row routes add into du[0], the column routes into du[1]
-        du, du_step, du_col = torch.zeros(2, batch, dim, length, **f32), 0, rows_len
-    elif shared_u:  # a slot per route (the caller sums them in a fixed order)
-        du, du_step = torch.empty(k_dirs, batch, dim, length, **f32), rows_len
-    else:
-        du, du_step = torch.empty(k_dirs, batch, dim, length, dtype=first.u.dtype, device=dev), rows_len
+    du = torch.empty(k_dirs, batch, dim, length, **(f32 if shared_u else dict(dtype=first.u.dtype, device=dev)))
     if shared_u:  # the 2D routes' ddelta in their delta's layout, (batch, 4, dim, L): no transposed copy after
         ddelta = torch.empty(batch, k_dirs, dim, length, dtype=first.delta.dtype, device=dev)
         ddt_step, ddt_batch = dim * length, k_dirs * dim * length
@@ -303,9 +292,9 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     seg_e = torch.empty((k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
     steps = _input_steps(dirs)
     steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt[0].numel(),
-                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=du_step, dir_ddt=ddt_step, dir_dz=0,
+                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=rows_len, dir_ddt=ddt_step, dir_dz=0,
                  dir_part=dA_part[0].numel(), dir_dB=dB_buf[0].numel(), dir_dC=dC_buf[0].numel(),
-                 dir_row=dD_part[0].numel(), col_g=dout_col, col_du=du_col)
+                 dir_row=dD_part[0].numel(), col_g=dout_col)
     steps = _scaled_steps(steps)
     tile = plan.bwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
@@ -315,7 +304,7 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
         *dout.stride(), ddt_batch, *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
-                ATOMIC_DU=atomic_du, ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
+                ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
                 GATHER_FLIP=_gather_flip(tile) * (2 if plan.bwd_shift_a else 1), **_tile_options(tile))
     dummy = ddelta
