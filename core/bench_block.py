@@ -46,8 +46,10 @@ def _timings(run, params, device: torch.device) -> dict:
 
     out = {}
     with torch.no_grad():
-        out["fwd_ms"] = triton.testing.do_bench(run, warmup=10, rep=100)
-    out["fwd_bwd_ms"] = triton.testing.do_bench(lambda: run().backward(), grad_to_none=params, warmup=10, rep=100)
+        out["fwd_ms"] = triton.testing.do_bench(run, warmup=10, rep=100, return_mode="median")
+    # (do_bench returns the mean unless told otherwise; until session 11 these figures were means, see BENCHMARKS.md)
+    out["fwd_bwd_ms"] = triton.testing.do_bench(lambda: run().backward(), grad_to_none=params, warmup=10, rep=100,
+                                                return_mode="median")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()

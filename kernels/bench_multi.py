@@ -83,8 +83,9 @@ def _time(fn, leaves, device):
     import triton
 
     with torch.no_grad():
-        fwd = triton.testing.do_bench(fn, warmup=10, rep=50)
-    fwd_bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=leaves, warmup=10, rep=50)
+        fwd = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+    # (do_bench returns the mean unless told otherwise; until session 11 these figures were means, see BENCHMARKS.md)
+    fwd_bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=leaves, warmup=10, rep=50, return_mode="median")
     return fwd, fwd_bwd_ms, _peak_mib(fwd_bwd, device)
 
 
