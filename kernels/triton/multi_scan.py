@@ -152,6 +152,7 @@ def _routes(u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch
 
 
 def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Elements from a's data to b's (same dtype): how the kernels find a second tensor from the first's pointer."""
     return (b.data_ptr() - a.data_ptr()) // a.element_size()
 
 
@@ -160,12 +161,12 @@ def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
     A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
-    in fp32), checkpoints and segment products. deterministic only travels to the backward (dB, dC).
+    in fp32), checkpoints and segment products. deterministic only travels to the backward (dA, dB, dC).
 
     Every route writes its own fp32 slot, in its scan order, and one pass merges the four. (Adding the row routes
     into one zero-filled map and the column routes into another, atomically, was slower: H200 same call, forward
     1.405 against 1.345 ms at (64, 192, 56, 56) N=1, 0.710 against 0.663 at (64, 384, 28, 28).) So the output does not
-    depend on deterministic mode, nor does anything else in the op but dB and dC."""
+    depend on deterministic mode, nor does anything else in the op but dA, dB and dC (atomics unless deterministic)."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)

@@ -241,8 +241,9 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     dout: direction 0's output gradient (batch, dim, L) with L contiguous; direction k's is at dout +
     k * dout_step (0: all directions receive the same gradient), plus dout_col for the column routes of a 2D launch.
     dlast: (K, batch, dim, N) fp32 contiguous or None. shared_u: the four 2D routes read one map (the column routes
-    its column-major copy), so du sums per layout (see Gradients). need_dh0: compute the
-    gradient of an initial state (else Gradients.dh0 is None and nothing is allocated for it).
+    its column-major copy): du comes back as an fp32 slot per route for the caller to merge, and ddelta in the
+    (batch, 4, dim, L) layout of the routes' delta (see Gradients). need_dh0: compute the gradient of an initial
+    state (else Gradients.dh0 is None and nothing is allocated for it).
     """
     k_dirs = len(dirs)
     first = dirs[0]
