@@ -413,9 +413,9 @@ class SS2D(nn.Module):
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
         fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, one column-major copy of the
             map instead of stacked route copies) instead of two grouped scans over stacked route pairs. Off by
-            default: on the H200 (2026-11-30, BENCHMARKS.md session 11) the fused op was 1.44x faster fwd+bwd than
-            our stacked pipeline at (64, 192, 56, 56) N=1, even at N=16, and 0.95x at (64, 384, 28, 28), where its
-            timing is erratic; smaller maps (VMamba's later stages) are unmeasured.
+            default: on the H200 (2026-11-30, BENCHMARKS.md session 11, call 6) the fused op was 1.46x faster
+            fwd+bwd than our stacked pipeline at (64, 192, 56, 56) N=1, 1.01x at N=16 and 1.08x at (64, 384, 28, 28);
+            smaller maps (VMamba's later stages) and the CPU reference path's speed are unmeasured.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.
 
