@@ -68,8 +68,8 @@ def merge_layouts(rows: torch.Tensor, cols: torch.Tensor, height: int, dtype: to
     parts, batch, dim, length = rows.shape
     if (cols.shape != rows.shape or cols.stride() != rows.stride() or not rows[0].is_contiguous()
             or length % height):
-        raise ValueError(f"merge_layouts: expected two (P, batch, dim, H*W) tensors of one shape and strides, each part "
-                         f"contiguous, with H = {height} dividing H*W; got {tuple(rows.shape)} strides "
+        raise ValueError(f"merge_layouts: expected two (P, batch, dim, H*W) tensors of one shape and strides, each "
+                         f"part contiguous, with H = {height} dividing H*W; got {tuple(rows.shape)} strides "
                          f"{rows.stride()} and {tuple(cols.shape)} strides {cols.stride()}")
     out = torch.empty(batch, dim, length, dtype=dtype, device=rows.device)
     if out.numel():

@@ -216,7 +216,8 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
 class Gradients:
     """Stacked per-direction gradients (leading axis K) plus those of the shared inputs.
 
-    du: (K, batch, dim, L), fp32 for the 2D routes' shared u (route k's part in its scan order: the caller merges); ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
+    du: (K, batch, dim, L), fp32 for the 2D routes' shared u (route k's part in its scan order: the caller merges);
+    ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
     dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
     dz (batch, dim, L) (fp32 when several directions share z) or None.
     """

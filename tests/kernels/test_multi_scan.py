@@ -303,7 +303,8 @@ def test_cross_scan_bad_inputs_are_named():
         cross_scan_2d(**dict(ins, A=ins["A"][:2]))
     with pytest.raises(ValueError, match="delta must have shape"):
         cross_scan_2d(**dict(ins, delta=ins["delta"][:, :3]))
-    with pytest.raises(ValueError, match=r"B must have shape \(1, 4, 2\) \+ \(H\*W,\) = \(1, 4, 2, 9\), in route order"):
+    route_order_shape = r"B must have shape \(1, 4, 2\) \+ \(H\*W,\) = \(1, 4, 2, 9\), in route order"
+    with pytest.raises(ValueError, match=route_order_shape):
         cross_scan_2d(**dict(ins, B=ins["B"].unflatten(-1, (3, 3))))
     with pytest.raises(ValueError, match=r"D must have shape \(4, dim\)"):
         cross_scan_2d(**dict(ins, D=ins["D"][0]))
