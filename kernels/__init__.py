@@ -10,7 +10,7 @@ Public ops (shapes in their docstrings):
 * `bidirectional_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *, combine="add", ...)`: pairs
   (forward, reverse) of scan inputs, both directions in one launch (multi_scan.py)
 * `cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=False, backend="auto")`:
-  VMamba's four routes over a 2D map in one launch, merge fused (multi_scan.py); delta, B and C in route order
+  VMamba's four routes over a 2D map in one launch, merged in one pass (multi_scan.py); delta, B and C in route order
   (`to_route_order(t, height)` puts per-pixel tensors in it)
 
 `backend`:

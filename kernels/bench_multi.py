@@ -7,7 +7,7 @@ bidir: both directions of a bidirectional scan (bf16, z shared, combine "add") t
                   of u, delta, B, C and z, its output flipped back.
 cross2d: VMamba's four-route scan over a (batch, dim, H, W) map:
   ours-fused      `cross_scan_2d(backend="triton")`: one launch; the column routes read one column-major copy of
-                  the map, the routes add into two fp32 maps (by pixel, column-major) that one pass merges;
+                  the map, each route writes an fp32 slot in its order, one pass merges the four;
   mamba_ssm-pipe  VMamba's pipeline from pieces: a torch cross-scan copy of x to (batch, 4, dim, H*W), one
                   mamba-ssm call over the stacked routes (B/C grouped by route, delta/B/C already in route
                   order, as VMamba's projections produce them), a torch merge back to the map;

@@ -65,7 +65,7 @@ def cross_scan_2d(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softplus=
     Args:
         x: (batch, dim, H, W); delta: (batch, 4, dim, H*W); A: (4, dim, N) fp32; B, C: (batch, 4, N, H*W);
         D, delta_bias: (4, dim) fp32 or None.
-        backend: "auto" | "reference" | "triton" (one launch, no stacked copy of the map, merge in the stores) |
+        backend: "auto" | "reference" | "triton" (one launch, no stacked copy of the map, one merging pass) |
             "mamba_ssm" (VMamba's pipeline: a stacked (batch, 4, dim, H*W) cross-scan copy, one peer call, a merge).
     Returns:
         (batch, dim, H, W) in x's dtype (the four routes summed in fp32, float64 for float64).

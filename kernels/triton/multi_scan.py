@@ -157,16 +157,17 @@ def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                  D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool,
-                  deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
     A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
-    in fp32), checkpoints and segment products. deterministic only travels to the backward (dA, dB, dC).
+    in fp32), checkpoints and segment products.
 
     Every route writes its own fp32 slot, in its scan order, and one pass merges the four. (Adding the row routes
     into one zero-filled map and the column routes into another, atomically, was slower: H200 same call, forward
     1.405 against 1.345 ms at (64, 192, 56, 56) N=1, 0.710 against 0.663 at (64, 384, 28, 28).) So the output does not
-    depend on deterministic mode, nor does anything else in the op but dA, dB and dC (atomics unless deterministic)."""
+    depend on deterministic mode (read for the backward in `_x2d_setup`), nor does anything in the op but dA, dB and dC
+    (atomics unless deterministic)."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)
@@ -179,7 +180,7 @@ _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan
 
 
 @_x2d_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic):
+def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus):
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     ckpt_shape, seg_shape = state_shapes(u, A[0], plan, 4)
     return (u.new_empty(u.shape), u.new_empty(ckpt_shape, dtype=torch.float32),
@@ -217,12 +218,12 @@ def _(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplu
 
 
 def _x2d_setup(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, height, delta_softplus, deterministic = inputs
+    u, delta, A, B, C, D, delta_bias, height, delta_softplus = inputs
     _, ckpt, seg_p = output
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt, seg_p)
     ctx.mark_non_differentiable(ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
     ctx.set_materialize_grads(False)
-    ctx.flags = (height, delta_softplus, deterministic)
+    ctx.flags = (height, delta_softplus, deterministic_mode())
 
 
 def _x2d_backward(ctx, dout, dckpt, dseg_p):
@@ -233,7 +234,7 @@ def _x2d_backward(ctx, dout, dckpt, dseg_p):
     du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
                                                  delta_softplus, deterministic)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
-            None, None, None)
+            None, None)
 
 
 _x2d_fwd_op.register_autograd(_x2d_backward, setup_context=_x2d_setup)
@@ -256,5 +257,5 @@ def cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus: bool
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
     u = x.reshape(batch, dim, height * width).contiguous()  # (the column-major copy shares its strides)
-    out, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus), deterministic_mode())
+    out, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus))
     return out.view(batch, dim, height, width)
