@@ -69,11 +69,12 @@ def check_cross_scan_args(x, delta, A, B, C, D, delta_bias, backend: str) -> tup
         if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (4, dim)):
             raise ValueError(f"cross_scan_2d: {name} must have shape (4, dim) = (4, {dim}), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
-    u = x.reshape(batch, dim, hw)
-    for k in range(4):
-        try:
-            check_selective_scan_args(u, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k], None,
-                                      None if delta_bias is None else delta_bias[k], None, backend)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"cross_scan_2d, route {k}: {err}") from None
+    # The routes' tensors are slices of the same stacked tensors (same dtype, device and shape), so route 0's check
+    # covers all four; checking each was a third of the op's host time.
+    try:
+        check_selective_scan_args(x.reshape(batch, dim, hw), delta[:, 0], A[0], B[:, 0], C[:, 0],
+                                  None if D is None else D[0], None, None if delta_bias is None else delta_bias[0],
+                                  None, backend)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"cross_scan_2d (every route): {err}") from None
     return batch, dim, height, width, n

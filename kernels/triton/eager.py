@@ -18,6 +18,7 @@ what a step waits for (BENCHMARKS.md, "Host time"; the H200's host is slower sti
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -29,6 +30,25 @@ def tracing(args: tuple) -> bool:
     """True when a call must go through the dispatcher: compiling, exporting, fake tensors or a dispatch mode."""
     return (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
             or any(isinstance(a, FakeTensor) for a in args))
+
+
+def distinct_outputs(impl: Callable) -> Callable:
+    """`impl` for registering as a custom op: a custom op's outputs may not share storage with each other or with its
+    inputs (torch checks this when the op runs), while the backward implementations return small gradients cut from
+    one buffer (one fill launch for all the atomic sums). So every output whose storage was already seen is cloned
+    here; `EagerOp`'s eager route calls `impl` itself and keeps the views. Same signature (the op's schema is read
+    from impl's annotations through functools.wraps)."""
+    @functools.wraps(impl)
+    def wrapper(*args):
+        out = impl(*args)
+        seen = {a.untyped_storage()._cdata for a in args if isinstance(a, torch.Tensor)}
+        distinct = []
+        for t in out:
+            key = t.untyped_storage()._cdata
+            distinct.append(t.clone() if key in seen else t)
+            seen.add(key)
+        return type(out)(distinct)
+    return wrapper
 
 
 class EagerOp:
@@ -63,4 +83,4 @@ class EagerOp:
         return self.impl(*args)
 
 
-__all__ = ["EagerOp", "tracing"]
+__all__ = ["EagerOp", "distinct_outputs", "tracing"]

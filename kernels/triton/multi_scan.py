@@ -22,9 +22,10 @@ import torch
 
 from .._multi_checks import PAIRED, as_pair, check_bidirectional_args, check_cross_scan_args
 from ..reference.multi_scan import combine_directions
-from .eager import EagerOp
+from .eager import EagerOp, distinct_outputs
 from .map_layout import column_major, merge_layouts
-from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
+from .scan_launch import (Directions, ForwardState, ScanInputs, launch_backward, launch_forward, plan_for,
+                          state_shapes)
 from .scan_plan import deterministic_mode
 
 
@@ -85,7 +86,8 @@ def _bi_scan_bwd(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: t
             g.dz.to(z.dtype) if z is not None else empty.clone()]
 
 
-_bi_bwd_op = torch.library.custom_op("mambasuite::bidirectional_scan_bwd", _bi_scan_bwd, mutates_args=())
+_bi_bwd_op = torch.library.custom_op("mambasuite::bidirectional_scan_bwd", distinct_outputs(_bi_scan_bwd),
+                          mutates_args=())
 _bi_bwd = EagerOp(_bi_bwd_op, _bi_scan_bwd)
 
 
@@ -144,11 +146,16 @@ def bidirectional_scan_checked(pairs: dict, z, combine: str, delta_softplus: boo
 
 # --------------------------------------------------------------------------------------------- 2D routes
 def _routes(u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None) -> list[ScanInputs]:
-    """The four routes' inputs: the row routes read the map, the column routes its column-major copy; the per-route
-    tensors are slices of (batch, 4, ...) tensors already in route order."""
-    return [ScanInputs(u if k % 2 == 0 else u_cols, delta[:, k], A[k], B[:, k], C[:, k], None if D is None else D[k],
-                       None if delta_bias is None else delta_bias[k]) for k in range(4)]
+            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None) -> Directions:
+    """The four routes' inputs: the row routes read the map, the column routes its column-major copy (col_u); the
+    per-route tensors are slices of (batch, 4, ...) / (4, ...) tensors in route order, so route k's start k strides
+    along that axis after route 0's (what `Directions.of` would find from the 28 slices, without taking them)."""
+    first = ScanInputs(u, delta[:, 0], A[0], B[:, 0], C[:, 0], None if D is None else D[0],
+                       None if delta_bias is None else delta_bias[0])
+    steps = dict(dir_u=0, col_u=_elements_between(u, u_cols), dir_dt=delta.stride(1), dir_A=A.stride(0),
+                 dir_B=B.stride(1), dir_C=C.stride(1), dir_D=0 if D is None else D.stride(0),
+                 dir_bias=0 if delta_bias is None else delta_bias.stride(0))
+    return Directions(first, 4, steps)
 
 
 def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -158,10 +165,10 @@ def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                   D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
     A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
-    in fp32), checkpoints and segment products.
+    in fp32), the column-major copy of u (kept for the backward), checkpoints and segment products.
 
     Every route writes its own fp32 slot, in its scan order, and one pass merges the four. (Adding the row routes
     into one zero-filled map and the column routes into another, atomically, was slower: H200 same call, forward
@@ -170,10 +177,11 @@ def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
     (atomics unless deterministic)."""
     batch, dim, length = u.shape
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)
+    u_cols = column_major(u, height)
     slots = torch.empty(4, batch, dim, length, dtype=torch.float32, device=u.device)
-    state = launch_forward(dirs, None, None, slots[0], slots[0].numel(), plan=plan, softplus=delta_softplus)
-    return merge_layouts(slots[0::2], slots[1::2], height, u.dtype), state.ckpt, state.seg_p
+    state = launch_forward(_routes(u, u_cols, delta, A, B, C, D, delta_bias), None, None, slots[0], slots[0].numel(),
+                           plan=plan, softplus=delta_softplus)
+    return merge_layouts(slots[0::2], slots[1::2], height, u.dtype), u_cols, state.ckpt, state.seg_p
 
 
 _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
@@ -183,35 +191,36 @@ _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan
 def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus):
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     ckpt_shape, seg_shape = state_shapes(u, A[0], plan, 4)
-    return (u.new_empty(u.shape), u.new_empty(ckpt_shape, dtype=torch.float32),
+    return (u.new_empty(u.shape), u.new_empty(u.shape), u.new_empty(ckpt_shape, dtype=torch.float32),
             u.new_empty(seg_shape, dtype=torch.float32))
 
 
-def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                  C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, ckpt: torch.Tensor,
-                  seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool) -> list[torch.Tensor]:
+def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                  B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                  ckpt: torch.Tensor, seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool
+                  ) -> list[torch.Tensor]:
     """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
-    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The column-major copies of u and dout
-    are made again here rather than kept from the forward (a copy is cheaper than holding a map)."""
+    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The forward's column-major copy of u
+    is reused (one map held from forward to backward, against VMamba's four stacked copies: a copy here would cost a
+    launch and its host time on every step)."""
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dirs = _routes(u, column_major(u, height), delta, A, B, C, D, delta_bias)
     dout = dout.contiguous()
     dout_cols = column_major(dout, height)  # (held until the launch: the kernels find it by its offset)
-    g = launch_backward(dirs, None, dout, 0, None, ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan,
-                        softplus=delta_softplus, deterministic=deterministic, shared_u=True,
-                        dout_col=_elements_between(dout, dout_cols))
+    g = launch_backward(_routes(u, u_cols, delta, A, B, C, D, delta_bias), None, dout, 0, None,
+                        ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan, softplus=delta_softplus,
+                        deterministic=deterministic, shared_u=True, dout_col=_elements_between(dout, dout_cols))
     empty = u.new_empty(0)
-    return [merge_layouts(g.du[0::2], g.du[1::2], height, u.dtype), g.ddelta, g.dA, g.dB.transpose(0, 1).contiguous(),
-            g.dC.transpose(0, 1).contiguous(), g.dD if g.dD is not None else empty.clone(),
-            g.dbias if g.dbias is not None else empty.clone()]
+    return [merge_layouts(g.du[0::2], g.du[1::2], height, u.dtype), g.ddelta, g.dA, g.dB, g.dC,
+            g.dD if g.dD is not None else empty.clone(), g.dbias if g.dbias is not None else empty.clone()]
 
 
-_x2d_bwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_bwd", _x2d_scan_bwd, mutates_args=())
+_x2d_bwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_bwd", distinct_outputs(_x2d_scan_bwd),
+                          mutates_args=())
 _x2d_bwd = EagerOp(_x2d_bwd_op, _x2d_scan_bwd)
 
 
 @_x2d_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplus, deterministic):
+def _(dout, u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplus, deterministic):
     return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
             torch.empty_like(C), torch.empty_like(D) if D is not None else u.new_empty(0),
             torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0)]
@@ -219,19 +228,19 @@ def _(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplu
 
 def _x2d_setup(ctx, inputs, output):
     u, delta, A, B, C, D, delta_bias, height, delta_softplus = inputs
-    _, ckpt, seg_p = output
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt, seg_p)
-    ctx.mark_non_differentiable(ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
+    _, u_cols, ckpt, seg_p = output
+    ctx.save_for_backward(u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p)
+    ctx.mark_non_differentiable(u_cols, ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
     ctx.set_materialize_grads(False)
     ctx.flags = (height, delta_softplus, deterministic_mode())
 
 
-def _x2d_backward(ctx, dout, dckpt, dseg_p):
-    u, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
+def _x2d_backward(ctx, dout, du_cols, dckpt, dseg_p):
+    u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
     height, delta_softplus, deterministic = ctx.flags
     if dout is None:  # the output was not used
         dout = torch.zeros_like(u)
-    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
+    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
                                                  delta_softplus, deterministic)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
             None, None)
@@ -257,5 +266,5 @@ def cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus: bool
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
     u = x.reshape(batch, dim, height * width).contiguous()  # (the column-major copy shares its strides)
-    out, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus))
+    out, _, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus))
     return out.view(batch, dim, height, width)

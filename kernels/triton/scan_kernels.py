@@ -637,9 +637,10 @@ def _bwd_program(
 
     The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
     e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
-    segment's e from a zero carry into seg_e). Per-row reductions (dA, dD, dbias, invariant dB/dC) are
-    written as per-(batch, segment) partials; time-variable dB/dC are summed over the channel tile in
-    registers, then atomically added (ATOMIC_BC) or written as per-channel-tile partials (deterministic).
+    segment's e from a zero carry into seg_e). Per-channel reductions (dA, dD, dbias, invariant dB/dC) are
+    added atomically into one sum each (ATOMIC_BC) or written as per-(batch, segment) partials (deterministic);
+    time-variable dB/dC are summed over the channel tile in registers, then atomically added (ATOMIC_BC) or
+    written as per-channel-tile partials (deterministic).
     """
     pid = tl.program_id(0)
     seg = tl.program_id(1)
@@ -823,20 +824,34 @@ def _bwd_program(
             ddt_off = b * s_xb + offs_d[:, None] * L + offs_t[None, :]  # ddelta's batch stride is s_xb
             tl.store(ddt_ptr + ddt_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
 
-    part_off = (row_part * DIM + offs_d[:, None]) * N + offs_n[None, :]
     if CARRY_ONLY:
         tl.store(seg_e_ptr + ((b * N_SEG + seg) * DIM + offs_d[:, None]) * N + offs_n[None, :], carry, mask=mask_dn)
     else:
-        if ATOMIC_BC:  # one (dim, N) sum (partials per (batch, segment) were 3 MiB at (64, 768, 197, 16))
-            tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
-        else:  # deterministic: a partial per (batch, segment), summed in a fixed order
+        # The per-channel sums: added atomically into one (dim, N) / (dim,) sum each, which the launcher hands back
+        # as they are (no reduction launches: host time at small shapes, and partials per (batch, segment) were
+        # 3 MiB at (64, 768, 197, 16)); deterministic: a partial per (batch, segment), summed in a fixed order.
+        if ATOMIC_BC:
+            sum_dn = offs_d[:, None] * N + offs_n[None, :]
+            tl.atomic_add(dA_ptr + sum_dn, dA_acc, mask=mask_dn, sem="relaxed")
+            if not B_VAR:
+                tl.atomic_add(dB_ptr + sum_dn, dB_acc, mask=mask_dn, sem="relaxed")
+            if not C_VAR:
+                tl.atomic_add(dC_ptr + sum_dn, dC_acc, mask=mask_dn, sem="relaxed")
+            if HAS_D:
+                tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+            if HAS_BIAS:
+                tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+        else:
+            part_off = (row_part * DIM + offs_d[:, None]) * N + offs_n[None, :]
             tl.store(dA_ptr + part_off, dA_acc, mask=mask_dn)
-        if not B_VAR:
-            tl.store(dB_ptr + part_off, dB_acc, mask=mask_dn)
-        if not C_VAR:
-            tl.store(dC_ptr + part_off, dC_acc, mask=mask_dn)
-        tl.store(dD_ptr + row_part * DIM + offs_d, dD_acc, mask=mask_d)
-        tl.store(dbias_ptr + row_part * DIM + offs_d, dbias_acc, mask=mask_d)
+            if not B_VAR:
+                tl.store(dB_ptr + part_off, dB_acc, mask=mask_dn)
+            if not C_VAR:
+                tl.store(dC_ptr + part_off, dC_acc, mask=mask_dn)
+            if HAS_D:
+                tl.store(dD_ptr + row_part * DIM + offs_d, dD_acc, mask=mask_d)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + row_part * DIM + offs_d, dbias_acc, mask=mask_d)
         if REVERSE:
             is_first = seg == N_SEG - 1
         else:

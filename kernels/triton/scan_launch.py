@@ -13,6 +13,7 @@ deterministic mode with more than two directions, per-direction slots summed in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -142,12 +143,53 @@ def _gather_flip(tile) -> bool:
     return tile.num_warps == 1
 
 
+_INPUT_STEPS = dict(delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
+_NO_STEPS = {**{key: 0 for key in _INPUT_STEPS.values()}, "dir_u": 0, "col_u": 0}
+
+
 def _input_steps(dirs: list[ScanInputs]) -> dict[str, int]:
     """dir_* offsets of the inputs, and col_u (only u may differ between the row and column routes)."""
-    names = dict(delta="dir_dt", A="dir_A", B="dir_B", C="dir_C", D="dir_D", delta_bias="dir_bias")
-    steps = {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in names.items()}
+    if len(dirs) == 1:
+        return dict(_NO_STEPS)
+    steps = {key: direction_step([getattr(d, name) for d in dirs], name) for name, key in _INPUT_STEPS.items()}
     steps["dir_u"], steps["col_u"] = direction_offsets([d.u for d in dirs], "u")
     return steps
+
+
+@dataclass(frozen=True)
+class Directions:
+    """The inputs of one launch's directions: direction 0's tensors (`first`), how many directions there are, and
+    each input's element offsets from direction 0's to direction k's (dir_u, col_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
+    dir_bias: see `direction_offsets`).
+
+    `Directions.of` derives the offsets from a list of per-direction inputs and checks that they are laid out the way
+    the kernels address them. An op whose directions are slices of stacked tensors by construction (the 2D routes)
+    builds its Directions from the strides instead: the same offsets, without taking 4 x 7 slices apart again on every
+    call (host time is what a small eager call waits for).
+    """
+
+    first: ScanInputs
+    count: int
+    steps: dict
+
+    @classmethod
+    def of(cls, dirs: list[ScanInputs]) -> Directions:
+        return cls(dirs[0], len(dirs), _input_steps(dirs))
+
+
+def _zeroed_direction_views(k_dirs: int, shapes: dict[str, tuple[int, ...] | None], device) -> dict[str, torch.Tensor]:
+    """(k_dirs, *shape) fp32 views of one zero-filled buffer, one per shape (None: skipped), so that the sums a launch
+    adds into atomically cost one fill launch, not one each. Each direction's row is padded to a multiple of 32
+    elements (128 bytes), so that the per-direction offsets stay multiples of 16 (`_scaled_steps`)."""
+    spans, total = {}, 0
+    for name, shape in shapes.items():
+        if shape is not None:
+            row = -(-math.prod(shape) // 32) * 32
+            inner = (shape[1], 1) if len(shape) == 2 else (1,)  # contiguous (dim, N) or (dim,)
+            spans[name] = ((k_dirs, *shape), (row, *inner), total)
+            total += k_dirs * row
+    flat = torch.zeros(total, dtype=torch.float32, device=device)
+    return {name: flat.as_strided(size, stride, offset) for name, (size, stride, offset) in spans.items()}
 
 
 @dataclass(frozen=True)
@@ -165,8 +207,9 @@ def _flags(first: ScanInputs, z, softplus: bool, b_var: bool, c_var: bool) -> di
                 SOFTPLUS=softplus, B_VAR=b_var, C_VAR=c_var)
 
 
-def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Tensor | None, out: torch.Tensor,
-                   out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False) -> ForwardState:
+def launch_forward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, h0: torch.Tensor | None,
+                   out: torch.Tensor, out_step: int, *, plan: LaunchPlan, softplus: bool, reverse: bool = False
+                   ) -> ForwardState:
     """Run the forward scan of every direction in `dirs` (1, 2 or 4) in one launch (two with segments).
 
     out: direction 0's output (batch, dim, L); direction k writes at out + k * out_step elements, in its scan order.
@@ -174,8 +217,8 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     (K = 2 runs forward then reverse; K = 4 runs the routes of a 2D map: rows, columns, rows reversed, columns
     reversed, each direction's tensors in its scan order, see `direction_offsets`).
     """
-    k_dirs = len(dirs)
-    first = dirs[0]
+    dirs = dirs if isinstance(dirs, Directions) else Directions.of(dirs)
+    k_dirs, first = dirs.count, dirs.first
     batch, dim, length = first.u.shape
     d_state = first.A.shape[1]
     Bv, b_var, b_groups, sb = bc_view(first.B)
@@ -186,7 +229,7 @@ def launch_forward(dirs: list[ScanInputs], z: torch.Tensor | None, h0: torch.Ten
     last = torch.empty(k_dirs, batch, dim, d_state, **f32)
     seg_shape = (k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,)
     seg_h, seg_p = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
-    steps = _input_steps(dirs)
+    steps = dict(dirs.steps)
     steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
                  dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
     steps = _scaled_steps(steps)
@@ -218,8 +261,8 @@ class Gradients:
 
     du: (K, batch, dim, L), fp32 for the 2D routes' shared u (route k's part in its scan order: the caller merges);
     ddelta (K, batch, dim, L), or (batch, 4, dim, L) for the 2D routes;
-    dA (K, dim, N); dB, dC (K, *B.shape); dD, dbias (K, dim) or None; dh0 (K, batch, dim, N) fp32 or None;
-    dz (batch, dim, L) (fp32 when several directions share z) or None.
+    dA (K, dim, N); dB, dC (K, *B.shape), or (batch, 4, N, L) for the 2D routes; dD, dbias (K, dim) or None;
+    dh0 (K, batch, dim, N) fp32 or None; dz (batch, dim, L) (fp32 when several directions share z) or None.
     """
 
     du: torch.Tensor
@@ -233,7 +276,7 @@ class Gradients:
     dz: torch.Tensor | None
 
 
-def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.Tensor, dout_step: int,
+def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, dout: torch.Tensor, dout_step: int,
                     dlast: torch.Tensor | None, state: ForwardState, *, plan: LaunchPlan, softplus: bool,
                     deterministic: bool, reverse: bool = False, shared_u: bool = False, dout_col: int = 0,
                     need_dh0: bool = False) -> Gradients:
@@ -246,8 +289,8 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     (batch, 4, dim, L) layout of the routes' delta (see Gradients). need_dh0: compute the gradient of an initial
     state (else Gradients.dh0 is None and nothing is allocated for it).
     """
-    k_dirs = len(dirs)
-    first = dirs[0]
+    dirs = dirs if isinstance(dirs, Directions) else Directions.of(dirs)
+    k_dirs, first = dirs.count, dirs.first
     batch, dim, length = first.u.shape
     d_state = first.A.shape[1]
     Bv, b_var, b_groups, sb = bc_view(first.B)
@@ -267,52 +310,68 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
     if z is not None and k_dirs > 2:
         raise ValueError("a z gate shared by more than two scan directions is not supported")
     atomic_dz = z is not None and k_dirs == 2
+    atomic_bc = not deterministic
+    has_d, has_bias = first.D is not None, first.delta_bias is not None
+    n_dtiles = plan.bwd.n_dtiles
+    parts = batch * plan.n_seg
+    # The per-channel sums (dA, dD, dbias, invariant dB/dC): added atomically into one sum each, all cut from one
+    # zero-filled buffer (one fill, and no reduction launches after: host time at small shapes), or (deterministic)
+    # written as a partial per (batch, segment) and summed in a fixed order after the launch.
+    rows = {name: (var, groups) for name, var, groups in (("dB", b_var, b_groups), ("dC", c_var, c_groups))}
+    per_channel = {"dA": (dim, d_state), "dD": (dim,) if has_d else None, "dbias": (dim,) if has_bias else None,
+                   **{name: None if var else (dim, d_state) for name, (var, _) in rows.items()}}
+    if atomic_bc:
+        bufs = _zeroed_direction_views(k_dirs, per_channel, dev)
+    else:
+        bufs = {name: torch.empty(k_dirs, parts, *shape, **f32) for name, shape in per_channel.items()
+                if shape is not None}
+    # Time-variable dB/dC: summed over the channel tile in registers, then added atomically into (batch, group)
+    # rows or (deterministic) written as a partial per channel tile. In the 2D layout (shared_u) they come as
+    # (batch, 4, ...) like the routes' B and C: the kernels' rows per batch then span all four routes.
+    bc_rows, row_step = {}, {}  # the kernels' DB_ROWS / DC_ROWS and dir_dB / dir_dC
+    for name, (var, groups) in rows.items():
+        if not var:
+            bc_rows[name], row_step[name] = 0, bufs[name].stride(0)
+            continue
+        per_batch = groups if atomic_bc else n_dtiles
+        alloc = torch.zeros if atomic_bc else torch.empty
+        if shared_u:
+            bufs[name] = alloc(batch, k_dirs, per_batch, d_state, length, **f32)
+            bc_rows[name], row_step[name] = k_dirs * per_batch, per_batch * d_state * length
+        else:
+            bufs[name] = alloc(k_dirs, batch, per_batch, d_state, length, **f32)
+            bc_rows[name], row_step[name] = per_batch, bufs[name].stride(0)
     if z is None:
         dz = None
     elif atomic_dz:
         dz = torch.zeros(batch, dim, length, **f32)
     else:
         dz = torch.empty(batch, dim, length, dtype=z.dtype, device=dev)
-    parts = batch * plan.n_seg
-    atomic_bc = not deterministic
-    # dA: one sum added to atomically, or (deterministic) a partial per (batch, segment) summed in a fixed order
-    dA_part = (torch.zeros(k_dirs, 1, dim, d_state, **f32) if atomic_bc
-               else torch.empty(k_dirs, parts, dim, d_state, **f32))
-    dD_part = torch.empty(k_dirs, parts, dim, **f32)
-    dbias_part = torch.empty(k_dirs, parts, dim, **f32)
-    dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32) if need_dh0 else dA_part  # (not written without need_dh0)
-
-    def bc_grad_buffer(var: bool, groups: int):
-        if not var:
-            return torch.empty(k_dirs, parts, dim, d_state, **f32), 0
-        rows = groups if atomic_bc else plan.bwd.n_dtiles
-        alloc = torch.zeros if atomic_bc else torch.empty
-        return alloc(k_dirs, batch, rows, d_state, length, **f32), rows
-
-    dB_buf, db_rows = bc_grad_buffer(b_var, b_groups)
-    dC_buf, dc_rows = bc_grad_buffer(c_var, c_groups)
+    dummy = ddelta  # placeholder pointer for absent tensors (never touched: the flag is off)
+    dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32) if need_dh0 else dummy
     seg_e = torch.empty((k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
-    steps = _input_steps(dirs)
+    steps = dict(dirs.steps)
     steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt[0].numel(),
                  dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=rows_len, dir_ddt=ddt_step, dir_dz=0,
-                 dir_part=dA_part[0].numel(), dir_dB=dB_buf[0].numel(), dir_dC=dC_buf[0].numel(),
-                 dir_row=dD_part[0].numel(), col_g=dout_col)
+                 dir_part=bufs["dA"].stride(0), dir_dB=row_step["dB"], dir_dC=row_step["dC"],
+                 dir_row=bufs["dD"].stride(0) if has_d else bufs["dbias"].stride(0) if has_bias else 0,
+                 col_g=dout_col)
     steps = _scaled_steps(steps)
     tile = plan.bwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (
-        dim, length, d_state, dim // b_groups, dim // c_groups, db_rows, dc_rows, plan.seg_len, plan.n_seg,
-        tile.n_dtiles, plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z),
+        dim, length, d_state, dim // b_groups, dim // c_groups, bc_rows["dB"], bc_rows["dC"], plan.seg_len,
+        plan.n_seg, tile.n_dtiles, plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z),
         *dout.stride(), ddt_batch, *first.A.stride(), *sb, *sc,
     )
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
                 GATHER_FLIP=_gather_flip(tile) * (2 if plan.bwd_shift_a else 1), **_tile_options(tile))
-    dummy = ddelta
-    ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
-            z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy, dout]
-    outs = [du, ddelta, dz if dz is not None else dummy, dA_part, dB_buf, dC_buf, dD_part, dbias_part, dh0]
+    ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if has_d else dummy,
+            z if z is not None else dummy, first.delta_bias if has_bias else dummy, dout]
+    outs = [du, ddelta, dz if dz is not None else dummy, bufs["dA"], bufs["dB"], bufs["dC"],
+            bufs.get("dD", dummy), bufs.get("dbias", dummy), dh0]
     if plan.n_seg > 1:  # pass 1: each segment's dh carry from a zero carry
         _launch(selective_scan_bwd_kernel, grid, *ptrs, dummy, state.ckpt, seg_e, state.seg_p, *outs, *common,
                 HAS_DLAST=False, CARRY_ONLY=True, SEG_MODE=0, **steps, **meta)
@@ -320,17 +379,21 @@ def launch_backward(dirs: list[ScanInputs], z: torch.Tensor | None, dout: torch.
             state.seg_p, *outs, *common, HAS_DLAST=dlast is not None, CARRY_ONLY=False,
             SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
 
-    def finish_bc(buf, var, groups, like):
-        if not var:
-            return buf.sum(1).to(like.dtype)
-        if not atomic_bc:  # fixed-order sum of the channel-tile partials of each group
-            buf = buf.view(k_dirs, batch, groups, plan.bwd.n_dtiles // groups, d_state, length).sum(3)
-        return buf.view(k_dirs, *like.shape).to(like.dtype)
+    def finish(name: str, like: torch.Tensor | None) -> torch.Tensor | None:
+        """A gradient from its buffer: as it is (atomic sums), or its partials summed in a fixed order."""
+        if like is None:
+            return None
+        buf = bufs[name]
+        var, groups = rows.get(name, (False, 1))
+        if var and shared_u:  # (batch, K, G = 1, N, L), or the channel tiles' partials (batch, K, n_dtiles, N, L)
+            return buf.sum(2).to(like.dtype) if not atomic_bc else buf.squeeze(2).to(like.dtype)
+        if var:  # (K, batch, G, N, L), or (K, batch, n_dtiles, N, L): the partials of each group's tiles
+            if not atomic_bc:
+                buf = buf.view(k_dirs, batch, groups, n_dtiles // groups, d_state, length).sum(3)
+            return buf.view(k_dirs, *like.shape).to(like.dtype)
+        return (buf if atomic_bc else buf.sum(1)).to(like.dtype)
 
     return Gradients(
-        du=du, ddelta=ddelta, dA=dA_part.sum(1).to(first.A.dtype),
-        dB=finish_bc(dB_buf, b_var, b_groups, first.B), dC=finish_bc(dC_buf, c_var, c_groups, first.C),
-        dD=dD_part.sum(1).to(first.D.dtype) if first.D is not None else None,
-        dbias=dbias_part.sum(1).to(first.delta_bias.dtype) if first.delta_bias is not None else None,
-        dh0=dh0 if need_dh0 else None, dz=dz,
+        du=du, ddelta=ddelta, dA=finish("dA", first.A), dB=finish("dB", first.B), dC=finish("dC", first.C),
+        dD=finish("dD", first.D), dbias=finish("dbias", first.delta_bias), dh0=dh0 if need_dh0 else None, dz=dz,
     )

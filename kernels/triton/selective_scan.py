@@ -18,7 +18,7 @@ import torch
 
 from .._checks import check_selective_scan_args
 from . import scan_plan
-from .eager import EagerOp
+from .eager import EagerOp, distinct_outputs
 from .scan_launch import ForwardState, ScanInputs, launch_backward, launch_forward, plan_for, state_shapes
 from .scan_plan import KernelTile, LaunchPlan, deterministic_mode, plan_launch
 
@@ -73,7 +73,8 @@ def _scan_bwd(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, d
     ]
 
 
-_bwd_op = torch.library.custom_op("mambasuite::selective_scan_bwd", _scan_bwd, mutates_args=())
+_bwd_op = torch.library.custom_op("mambasuite::selective_scan_bwd", distinct_outputs(_scan_bwd),
+                          mutates_args=())
 _bwd = EagerOp(_bwd_op, _scan_bwd)
 
 

@@ -87,3 +87,73 @@ def test_fake_tensors_go_through_the_fake_implementation():
         both = bidirectional_scan(*(pair(fake[k]) for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")),
                                   z=fake["z"], combine="stack", delta_softplus=True, backend="triton")
     assert out.shape == (2, 4, 12) and both.shape == (2, 2, 4, 12)
+
+
+def _same_bits(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_backward_ops_return_distinct_tensors_with_the_implementations_bits(deterministic):
+    """The backward implementations cut their small gradient sums (dA, dD, dbias) from one zero-filled buffer; called as
+    custom ops, whose outputs torch refuses to let share storage, they must hand back separate tensors with the same
+    bits (distinct_outputs). Called directly, once through each route, for the single, bidirectional and 2D scans."""
+    from mambasuite.kernels.triton import multi_scan as ms
+    from mambasuite.kernels.triton import selective_scan as ss
+
+    i = {k: v.detach() for k, v in _scan_inputs(seed=3).items()}
+    dout = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(4))
+    _, _, ckpt, seg_p = ss._scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"],
+                                     None, True, False)
+    args = (dout, None, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"], ckpt, seg_p,
+            True, False, deterministic, False)
+    direct, via_op = ss._scan_bwd(*args), ss._bwd_op(*args)
+    assert direct[2].untyped_storage().data_ptr() == direct[5].untyped_storage().data_ptr() or deterministic
+    storages = {t.untyped_storage().data_ptr() for t in via_op if t.numel()}
+    assert len(storages) == sum(1 for t in via_op if t.numel())
+    assert all(_same_bits(a, b) for a, b in zip(direct, via_op))
+
+    pair = [i[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias") for _ in range(2)]
+    _, y2, ckpt2, seg2 = ms._bi_scan_fwd(*pair, i["z"], True, "add")
+    args = (dout, y2, *pair, i["z"], ckpt2, seg2, True, "add", deterministic)
+    assert all(_same_bits(a, b) for a, b in zip(ms._bi_scan_bwd(*args), ms._bi_bwd_op(*args)))
+
+    g = torch.Generator().manual_seed(5)
+    h, w, n = 3, 4, 2
+    u = torch.randn(2, 4, h * w, generator=g)
+    x2d = dict(delta=torch.randn(2, 4, 4, h * w, generator=g), A=-torch.rand(4, 4, n, generator=g),
+               B=torch.randn(2, 4, n, h * w, generator=g), C=torch.randn(2, 4, n, h * w, generator=g),
+               D=torch.randn(4, 4, generator=g), delta_bias=torch.randn(4, 4, generator=g))
+    _, u_cols, ckpt4, seg4 = ms._x2d_scan_fwd(u, *x2d.values(), h, True)
+    args = (torch.randn(2, 4, h * w, generator=g), u, u_cols, *x2d.values(), ckpt4, seg4, h, True, deterministic)
+    assert all(_same_bits(a, b) for a, b in zip(ms._x2d_scan_bwd(*args), ms._x2d_bwd_op(*args)))
+
+
+def test_distinct_outputs_clones_only_what_shares_storage():
+    from mambasuite.kernels.triton.eager import distinct_outputs
+
+    def impl(x: torch.Tensor) -> list[torch.Tensor]:
+        flat = torch.arange(6.0)
+        return [flat[:2], flat[2:], x * 2, x]
+
+    x = torch.ones(3)
+    out = distinct_outputs(impl)(x)
+    assert [t.tolist() for t in out] == [[0.0, 1.0], [2.0, 3.0, 4.0, 5.0], [2.0] * 3, [1.0] * 3]
+    ptrs = [t.untyped_storage().data_ptr() for t in out]
+    assert len(set(ptrs)) == 4 and x.untyped_storage().data_ptr() not in ptrs
+
+
+def test_zeroed_direction_views_are_zero_aligned_and_disjoint():
+    from mambasuite.kernels.triton.scan_launch import _zeroed_direction_views
+
+    views = _zeroed_direction_views(4, {"dA": (8, 3), "dD": (8,), "gone": None, "dB": (5, 2)}, "cpu")
+    assert set(views) == {"dA", "dD", "dB"}
+    assert views["dA"].shape == (4, 8, 3) and views["dA"].stride() == (32, 3, 1)
+    assert views["dD"].shape == (4, 8) and views["dD"].stride() == (32, 1)
+    for t in views.values():  # every direction's row starts 128-byte aligned
+        assert t.stride(0) % 32 == 0 and t.storage_offset() % 32 == 0 and not t.any()
+    for t in views.values():
+        t.fill_(1.0)
+    flat = torch.tensor([], dtype=torch.float32).set_(views["dA"].untyped_storage())  # the whole buffer
+    assert flat.numel() == 3 * 4 * 32  # three padded rows per direction
+    assert int(flat.sum()) == sum(t.numel() for t in views.values())  # disjoint views; the padding stays 0
