@@ -87,7 +87,7 @@ def _bi_scan_bwd(dout: torch.Tensor, y2: torch.Tensor, u_f: torch.Tensor, u_b: t
 
 
 _bi_bwd_op = torch.library.custom_op("mambasuite::bidirectional_scan_bwd", distinct_outputs(_bi_scan_bwd),
-                          mutates_args=())
+                                     mutates_args=())
 _bi_bwd = EagerOp(_bi_bwd_op, _bi_scan_bwd)
 
 
@@ -163,87 +163,99 @@ def _elements_between(a: torch.Tensor, b: torch.Tensor) -> int:
     return (b.data_ptr() - a.data_ptr()) // a.element_size()
 
 
-def _x2d_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                  D: torch.Tensor | None, delta_bias: torch.Tensor | None, height: int, delta_softplus: bool
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """(batch, dim, H, W) -> (batch, dim, H*W) contiguous, by pixel (a view when x is contiguous)."""
+    return x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+
+
+def _x2d_scan_fwd(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """u (batch, dim, H*W) contiguous, by pixel; delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order;
-    A (4, dim, N); D, delta_bias (4, dim). Returns the merged output (batch, dim, H*W) by pixel in u's dtype (summed
-    in fp32), the column-major copy of u (kept for the backward), checkpoints and segment products.
+    """x (batch, dim, H, W); delta (batch, 4, dim, H*W), B, C (batch, 4, N, H*W) in route order; A (4, dim, N);
+    D, delta_bias (4, dim). Returns the merged output (batch, dim, H, W) in x's dtype (summed in fp32), the
+    column-major copy of the map (batch, dim, W*H) (kept for the backward), checkpoints and segment products. (The op
+    takes and returns the map itself: reshaping around it would add two autograd nodes, host time in every step.)
 
     Every route writes its own fp32 slot, in its scan order, and one pass merges the four. (Adding the row routes
     into one zero-filled map and the column routes into another, atomically, was slower: H200 same call, forward
     1.405 against 1.345 ms at (64, 192, 56, 56) N=1, 0.710 against 0.663 at (64, 384, 28, 28).) So the output does not
     depend on deterministic mode (read for the backward in `_x2d_setup`), nor does anything in the op but dA, dB and dC
     (atomics unless deterministic)."""
+    u = _pixels(x)
     batch, dim, length = u.shape
+    height = x.shape[2]
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     u_cols = column_major(u, height)
     slots = torch.empty(4, batch, dim, length, dtype=torch.float32, device=u.device)
     state = launch_forward(_routes(u, u_cols, delta, A, B, C, D, delta_bias), None, None, slots[0], slots[0].numel(),
                            plan=plan, softplus=delta_softplus)
-    return merge_layouts(slots[0::2], slots[1::2], height, u.dtype), u_cols, state.ckpt, state.seg_p
+    out = merge_layouts(slots[0::2], slots[1::2], height, u.dtype)
+    return out.view(x.shape), u_cols, state.ckpt, state.seg_p
 
 
 _x2d_fwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_fwd", _x2d_scan_fwd, mutates_args=())
 
 
 @_x2d_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, height, delta_softplus):
+def _(x, delta, A, B, C, D, delta_bias, delta_softplus):
+    u = x.new_empty(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
     ckpt_shape, seg_shape = state_shapes(u, A[0], plan, 4)
-    return (u.new_empty(u.shape), u.new_empty(u.shape), u.new_empty(ckpt_shape, dtype=torch.float32),
+    return (x.new_empty(x.shape), u, u.new_empty(ckpt_shape, dtype=torch.float32),
             u.new_empty(seg_shape, dtype=torch.float32))
 
 
-def _x2d_scan_bwd(dout: torch.Tensor, u: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+def _x2d_scan_bwd(dout: torch.Tensor, x: torch.Tensor, u_cols: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                   B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
-                  ckpt: torch.Tensor, seg_p: torch.Tensor, height: int, delta_softplus: bool, deterministic: bool
+                  ckpt: torch.Tensor, seg_p: torch.Tensor, delta_softplus: bool, deterministic: bool
                   ) -> list[torch.Tensor]:
-    """Gradients [du (batch, dim, H*W) in u's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
-    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The forward's column-major copy of u
-    is reused (one map held from forward to backward, against VMamba's four stacked copies: a copy here would cost a
-    launch and its host time on every step)."""
+    """Gradients [dx (batch, dim, H, W) in x's dtype, ddelta (batch, 4, dim, H*W), dA (4, dim, N),
+    dB, dC (batch, 4, N, H*W), dD (4, dim), dbias (4, dim)]; absent ones empty. The forward's column-major copy of the
+    map is reused (one map held from forward to backward, against VMamba's four stacked copies: a copy here would cost
+    a launch and its host time on every step)."""
+    u = _pixels(x)
+    height = x.shape[2]
     plan = plan_for(u, A[0], B[:, 0], C[:, 0], 4)
-    dout = dout.contiguous()
+    dout = _pixels(dout)
     dout_cols = column_major(dout, height)  # (held until the launch: the kernels find it by its offset)
     g = launch_backward(_routes(u, u_cols, delta, A, B, C, D, delta_bias), None, dout, 0, None,
                         ForwardState(last=None, ckpt=ckpt, seg_p=seg_p), plan=plan, softplus=delta_softplus,
                         deterministic=deterministic, shared_u=True, dout_col=_elements_between(dout, dout_cols))
     empty = u.new_empty(0)
-    return [merge_layouts(g.du[0::2], g.du[1::2], height, u.dtype), g.ddelta, g.dA, g.dB, g.dC,
-            g.dD if g.dD is not None else empty.clone(), g.dbias if g.dbias is not None else empty.clone()]
+    dx = merge_layouts(g.du[0::2], g.du[1::2], height, u.dtype).view(x.shape)
+    return [dx, g.ddelta, g.dA, g.dB, g.dC, g.dD if g.dD is not None else empty.clone(),
+            g.dbias if g.dbias is not None else empty.clone()]
 
 
 _x2d_bwd_op = torch.library.custom_op("mambasuite::cross_scan_2d_bwd", distinct_outputs(_x2d_scan_bwd),
-                          mutates_args=())
+                                      mutates_args=())
 _x2d_bwd = EagerOp(_x2d_bwd_op, _x2d_scan_bwd)
 
 
 @_x2d_bwd_op.register_fake
-def _(dout, u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p, height, delta_softplus, deterministic):
-    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), torch.empty_like(D) if D is not None else u.new_empty(0),
-            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0)]
+def _(dout, x, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p, delta_softplus, deterministic):
+    return [x.new_empty(x.shape), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), torch.empty_like(D) if D is not None else x.new_empty(0),
+            torch.empty_like(delta_bias) if delta_bias is not None else x.new_empty(0)]
 
 
 def _x2d_setup(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, height, delta_softplus = inputs
+    x, delta, A, B, C, D, delta_bias, delta_softplus = inputs
     _, u_cols, ckpt, seg_p = output
-    ctx.save_for_backward(u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p)
+    ctx.save_for_backward(x, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p)
     ctx.mark_non_differentiable(u_cols, ckpt, seg_p)  # internal outputs: no zero gradients materialised for them
     ctx.set_materialize_grads(False)
-    ctx.flags = (height, delta_softplus, deterministic_mode())
+    ctx.flags = (delta_softplus, deterministic_mode())
 
 
 def _x2d_backward(ctx, dout, du_cols, dckpt, dseg_p):
-    u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
-    height, delta_softplus, deterministic = ctx.flags
+    x, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p = ctx.saved_tensors
+    delta_softplus, deterministic = ctx.flags
     if dout is None:  # the output was not used
-        dout = torch.zeros_like(u)
-    du, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, u, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p, height,
+        dout = torch.zeros_like(x)
+    dx, ddelta, dA, dB, dC, dD, dbias = _x2d_bwd(dout, x, u_cols, delta, A, B, C, D, delta_bias, ckpt, seg_p,
                                                  delta_softplus, deterministic)
-    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
-            None, None)
+    return dx, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None, None
 
 
 _x2d_fwd_op.register_autograd(_x2d_backward, setup_context=_x2d_setup)
@@ -261,10 +273,8 @@ def cross_scan_2d_triton(x, delta, A, B, C, D=None, delta_bias=None, *, delta_so
 def cross_scan_2d_checked(x, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> torch.Tensor:
     """`cross_scan_2d_triton` on arguments that `check_cross_scan_args` has passed (the dispatcher checks once at the
     public boundary: the check validates all four routes, and repeating it was a third of the op's host time)."""
-    batch, dim, height, width = x.shape
     if x.dtype == torch.float64:
         raise TypeError("backend='triton' computes in fp32 and does not take float64 inputs; "
                         "use backend='reference' for float64")
-    u = x.reshape(batch, dim, height * width).contiguous()  # (the column-major copy shares its strides)
-    out, _, _, _ = _x2d_fwd(u, delta, A, B, C, D, delta_bias, height, bool(delta_softplus))
-    return out.view(batch, dim, height, width)
+    out, _, _, _ = _x2d_fwd(x, delta, A, B, C, D, delta_bias, bool(delta_softplus))
+    return out

@@ -74,7 +74,7 @@ def _scan_bwd(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, d
 
 
 _bwd_op = torch.library.custom_op("mambasuite::selective_scan_bwd", distinct_outputs(_scan_bwd),
-                          mutates_args=())
+                                  mutates_args=())
 _bwd = EagerOp(_bwd_op, _scan_bwd)
 
 

@@ -120,12 +120,12 @@ def test_backward_ops_return_distinct_tensors_with_the_implementations_bits(dete
 
     g = torch.Generator().manual_seed(5)
     h, w, n = 3, 4, 2
-    u = torch.randn(2, 4, h * w, generator=g)
+    x = torch.randn(2, 4, h, w, generator=g)
     x2d = dict(delta=torch.randn(2, 4, 4, h * w, generator=g), A=-torch.rand(4, 4, n, generator=g),
                B=torch.randn(2, 4, n, h * w, generator=g), C=torch.randn(2, 4, n, h * w, generator=g),
                D=torch.randn(4, 4, generator=g), delta_bias=torch.randn(4, 4, generator=g))
-    _, u_cols, ckpt4, seg4 = ms._x2d_scan_fwd(u, *x2d.values(), h, True)
-    args = (torch.randn(2, 4, h * w, generator=g), u, u_cols, *x2d.values(), ckpt4, seg4, h, True, deterministic)
+    _, u_cols, ckpt4, seg4 = ms._x2d_scan_fwd(x, *x2d.values(), True)
+    args = (torch.randn(2, 4, h, w, generator=g), x, u_cols, *x2d.values(), ckpt4, seg4, True, deterministic)
     assert all(_same_bits(a, b) for a, b in zip(ms._x2d_scan_bwd(*args), ms._x2d_bwd_op(*args)))
 
 
