@@ -412,10 +412,10 @@ class SS2D(nn.Module):
         conv_bias: bias of the conv (False in v2, True in v0); gate: z branch (False = "_noz").
         bias: biases of in_proj/out_proj. dt_*: mamba-ssm's delta init. backend: kernel backend.
         fused_scan: run the four routes through `kernels.cross_scan_2d` (one launch, one column-major copy of the
-            map instead of stacked route copies) instead of two grouped scans over stacked route pairs. Off by
-            default: on the H200 (2026-11-30, BENCHMARKS.md session 11, call 6) the fused op was 1.46x faster
-            fwd+bwd than our stacked pipeline at (64, 192, 56, 56) N=1, 1.01x at N=16 and 1.08x at (64, 384, 28, 28);
-            smaller maps (VMamba's later stages) and the CPU reference path's speed are unmeasured.
+            map instead of stacked route copies; the default) instead of two grouped scans over stacked route pairs.
+            Measured on the H200 (BENCHMARKS.md, session 12, call 5): SS2D fwd+bwd at batch 64, ssm_ratio 2, bf16
+            autocast, was 1.64 / 1.32 / 1.60 / 1.53x faster fused at d_model 96 / 192 / 384 / 768 on 56 / 28 / 14 / 7
+            maps (N=1) and 1.09x at d_model 96, 56x56, N=16; on CPU (the reference path) the two take the same time.
 
     Shapes: forward (batch, H, W, d_model) -> (batch, H, W, d_model); H and W may differ.
 
@@ -429,7 +429,7 @@ class SS2D(nn.Module):
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank: int | str = "auto",
                  d_conv: int = 3, *, conv_bias: bool = False, gate: bool = False, bias: bool = False,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
-                 dt_init_floor: float = 1e-4, backend: str = "auto", fused_scan: bool = False) -> None:
+                 dt_init_floor: float = 1e-4, backend: str = "auto", fused_scan: bool = True) -> None:
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.d_state = check_positive_int("d_state", d_state)

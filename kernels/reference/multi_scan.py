@@ -82,15 +82,20 @@ def cross_scan_2d_ref(x, delta, A, B, C, D=None, delta_bias=None, *, delta_softp
         placed back at its pixels.
     """
     batch, dim, height, width, _ = check_cross_scan_args(x, delta, A, B, C, D, delta_bias, "reference")
-    u = x.reshape(batch, dim, height * width)
+    length = height * width
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = torch.zeros(batch, dim, height * width, dtype=acc, device=x.device)
-    for route in range(4):
-        # the reversed routes are the forward orders read backwards: scan the forward order in reverse mode
-        order = route_order(height, width, route % 2, x.device)
-        y = selective_scan_ref(u[..., order], delta[:, route], A[route], B[:, route], C[:, route],
-                               None if D is None else D[route],
-                               delta_bias=None if delta_bias is None else delta_bias[route],
-                               delta_softplus=delta_softplus, reverse=route >= 2)
-        out[..., order] += y.to(acc)
-    return out.view(batch, dim, height, width).to(x.dtype)
+    # Routes 0 and 1 scan the row-major and column-major orders forward, routes 2 and 3 the same orders in reverse
+    # mode (the reversed routes are the forward orders read backwards). Each pair is one scan over the two orders
+    # stacked along channels, with B and C grouped by route: one loop over the steps per pair instead of one per
+    # route (the CPU path's cost), and transposes rather than index gathers and scatters.
+    by_column = x.transpose(-1, -2).reshape(batch, dim, length)  # column-major pixel order
+    pair_u = torch.cat([x.reshape(batch, dim, length), by_column], dim=1)  # (batch, 2 * dim, H*W)
+    out = torch.zeros(batch, dim, height, width, dtype=acc, device=x.device)
+    for routes, reverse in ((slice(0, 2), False), (slice(2, 4), True)):
+        y = selective_scan_ref(pair_u, delta[:, routes].flatten(1, 2), A[routes].flatten(0, 1), B[:, routes],
+                               C[:, routes], None if D is None else D[routes].flatten(),
+                               delta_bias=None if delta_bias is None else delta_bias[routes].flatten(),
+                               delta_softplus=delta_softplus, reverse=reverse)
+        y = y.view(batch, 2, dim, length).to(acc)
+        out = out + y[:, 0].view(batch, dim, height, width) + y[:, 1].view(batch, dim, width, height).transpose(-1, -2)
+    return out.to(x.dtype)
