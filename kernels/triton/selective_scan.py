@@ -5,11 +5,12 @@ registered as `torch.library.custom_op`s (with fake implementations), so `torch.
 through them, and autograd is attached with `register_autograd`; eager calls skip the dispatcher
 (`eager.EagerOp`).
 
-Determinism: time-variable dB/dC are accumulated with fp32 atomics by default (one atomic per
-(batch, group, n, t) and channel tile, after a register reduction over the tile). With
-`torch.use_deterministic_algorithms(True)` (Lightning's `deterministic=True`) or
-`MAMBASUITE_DETERMINISTIC=1`, each channel tile writes its own partial and the partials are summed
-in a fixed order, so gradients are bitwise reproducible.
+Determinism: by default the gradients summed across programs are accumulated with fp32 atomics:
+time-variable dB/dC (one atomic per (batch, group, n, t) and channel tile, after a register reduction
+over the tile) and the per-channel dA, dD, ddelta_bias and time-invariant dB/dC (one atomic per
+channel and program). With `torch.use_deterministic_algorithms(True)` (Lightning's
+`deterministic=True`) or `MAMBASUITE_DETERMINISTIC=1`, each program writes its own partial and the
+partials are summed in a fixed order, so gradients are bitwise reproducible.
 """
 
 from __future__ import annotations
