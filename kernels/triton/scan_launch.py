@@ -386,7 +386,7 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
         buf = bufs[name]
         var, groups = rows.get(name, (False, 1))
         if var and shared_u:  # (batch, K, G = 1, N, L), or the channel tiles' partials (batch, K, n_dtiles, N, L)
-            return buf.sum(2).to(like.dtype) if not atomic_bc else buf.squeeze(2).to(like.dtype)
+            return (buf.squeeze(2) if atomic_bc else buf.sum(2)).to(like.dtype)
         if var:  # (K, batch, G, N, L), or (K, batch, n_dtiles, N, L): the partials of each group's tiles
             if not atomic_bc:
                 buf = buf.view(k_dirs, batch, groups, n_dtiles // groups, d_state, length).sum(3)
