@@ -489,7 +489,7 @@ class SS2D(nn.Module):
         x_proj and dt_proj act on each token alone, so every route's delta, B and C are computed at each pixel
         of the row-major map (the same values VMamba computes on its permuted copies). The small x_proj output
         (R + 2N channels per route) is put in route order, so that delta comes out of dt_proj in it with no copy
-        of its own; `cross_scan_2d` reads x in each route's order and merges the routes in its stores.
+        of its own; `cross_scan_2d` reads x in each route's order and merges the routes in one pass.
         """
         batch, e, height, width = x.shape
         n, r = self.d_state, self.dt_rank

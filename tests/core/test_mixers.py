@@ -526,7 +526,7 @@ def test_ss2d_triton_backend_matches_reference(fused_scan):
 
 
 def test_ss2d_fused_and_route_pair_paths_agree():
-    """The fused 2D scan and the stacked route-pair path (the default, and the analytics path) are one mixer."""
+    """The fused 2D scan (the default) and the stacked route-pair path (the analytics path) are one mixer."""
     torch.manual_seed(1)
     m = SS2D(16, d_state=4, fused_scan=True)
     x = torch.randn(2, 4, 3, 16, dtype=F64)
@@ -536,3 +536,16 @@ def test_ss2d_fused_and_route_pair_paths_agree():
     torch.testing.assert_close(m(x), fused, rtol=0, atol=1e-12)
     m.fused_scan, m.capture = True, lambda *args, **kwargs: None  # analytics always take the route-pair path
     torch.testing.assert_close(m(x), fused, rtol=0, atol=1e-12)
+
+
+def test_ss2d_runs_the_fused_scan_by_default(monkeypatch):
+    """Without analytics, a default SS2D scans through one `cross_scan_2d` call (H200: faster than route pairs at
+    every VMamba stage shape, BENCHMARKS.md session 12); with `fused_scan=False` it does not call it."""
+    calls = []
+    real = mixers_module.cross_scan_2d
+    monkeypatch.setattr(mixers_module, "cross_scan_2d", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(1, 3, 4, 8)
+    SS2D(8, d_state=2)(x)
+    assert len(calls) == 1
+    SS2D(8, d_state=2, fused_scan=False)(x)
+    assert len(calls) == 1
