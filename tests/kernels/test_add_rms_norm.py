@@ -7,6 +7,8 @@ import torch
 
 from mambasuite.kernels import add_rms_norm
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton on a GPU, the interpreter on CPU
+
 
 def _formula64(x, residual, weight, eps):
     r = x.double() + (residual.double() if residual is not None else 0.0)
@@ -15,9 +17,9 @@ def _formula64(x, residual, weight, eps):
 
 def _inputs(shape, dtype, with_res, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g).to(dtype).requires_grad_()
-    res = torch.randn(*shape, generator=g).float().requires_grad_() if with_res else None
-    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).requires_grad_()
+    x = torch.randn(*shape, generator=g).to(DEVICE, dtype).requires_grad_()
+    res = torch.randn(*shape, generator=g).to(DEVICE).requires_grad_() if with_res else None
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(DEVICE).requires_grad_()
     return x, res, w
 
 
@@ -50,7 +52,7 @@ def test_half_precision_keeps_fp32_residual(dtype):
 
 def test_residual_in_input_dtype_when_asked():
     x, _, w = _inputs((4, 32), torch.bfloat16, False)
-    res = torch.randn(4, 32).to(torch.bfloat16)
+    res = torch.randn(4, 32).to(DEVICE, torch.bfloat16)
     for backend in ("reference", "triton"):
         _, new_res = add_rms_norm(x, res, w, residual_in_fp32=False, backend=backend)
         assert new_res.dtype == torch.bfloat16
