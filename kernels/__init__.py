@@ -114,6 +114,8 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, reverse=False, initi
         backend: "auto" | "reference" | "triton" | "mamba_ssm" (the causal-conv1d package's CUDA op).
     Returns:
         out (batch, dim, L) in x's dtype, or (out, final_states) when `return_final_states`.
+    The Triton backward adds the weight and bias gradients atomically, so they are not bitwise reproducible run to
+    run unless deterministic mode is on (`torch.use_deterministic_algorithms(True)` or MAMBASUITE_DETERMINISTIC=1).
     """
     check_causal_conv1d_args(x, weight, bias, activation, backend, reverse=reverse, initial_states=initial_states,
                              return_final_states=return_final_states)
