@@ -257,10 +257,10 @@ def test_backward_is_bitwise_reproducible_in_deterministic_mode(monkeypatch):
 @pytest.mark.parametrize("channel_last", [False, True])
 def test_atomic_weight_sums_match_the_fixed_order_sums(channel_last, monkeypatch):
     """The default mode adds each program's dweight/dbias into one total atomically (no reduction launch): the
-    same sums as deterministic mode's partials up to fp32 rounding, with many programs (8-step tiles) adding."""
+    same sums as deterministic mode's partials up to fp32 rounding, with ten programs (8-step tiles) adding."""
     monkeypatch.setenv("MAMBASUITE_CONV_BLOCK_L", "8")
     monkeypatch.setenv("MAMBASUITE_CONV_BWD_TILES", "1")
-    ins = _make(3, 5, 61, 4, channel_last=channel_last, bias=True, h0=True, seed=12)
+    ins = _make(2, 3, 33, 4, channel_last=channel_last, bias=True, h0=True, seed=12)
     atomic = _conv_grads(ins, False, monkeypatch)
     atomic = [g.clone() for g in atomic]
     for t in ins:
