@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -178,31 +177,24 @@ def test_selective_stats_handle_a_missing_gate():
 
 
 @pytest.mark.slow
-def test_selective_copying_delta_differs_on_data_tokens(tmp_path):
-    """Train the selective-copying config with the analytics and resource callbacks, analyse the checkpoint, and
-    render the run report: Delta following data tokens must clearly exceed Delta following noise tokens."""
-    script = Path(sys.executable).parent / "mamba-suite"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "mambasuite.core.cli"]
+def test_selective_copying_delta_differs_on_data_tokens(selective_copying_run):
+    """Analyse the checkpoint of the selective-copying training with the analytics and resource callbacks (the
+    session's shared run, tests/core/conftest.py) and render the run report: Delta following data tokens must
+    clearly exceed Delta following noise tokens."""
+    cmd, cwd, run = selective_copying_run.cmd, selective_copying_run.cwd, selective_copying_run.run
     config = REPO / "configs" / "core" / "selective_copying.yaml"
-    fit = subprocess.run(
-        [*cmd, "fit", "-c", str(config), "--trainer.enable_progress_bar=false", "--trainer.max_time=null",
-         "--trainer.callbacks+=mambasuite.core.analytics.SelectiveAnalytics", "--trainer.callbacks.every_n_steps=50",
-         "--trainer.callbacks+=mambasuite.core.resources.ResourceMonitor", "--trainer.callbacks.every_n_steps=50"],
-        capture_output=True, text=True, timeout=1500, cwd=tmp_path)
-    assert fit.returncode == 0, fit.stdout[-2000:] + fit.stderr[-2000:]
-    (run,) = (tmp_path / "runs" / "selective_copying").glob("version_*")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["val/acc"] >= 0.95, summary["line"]
     analyze = subprocess.run([*cmd, "analyze", "-c", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
                               "--out", str(run / "analyze")], capture_output=True, text=True, timeout=600,
-                             cwd=tmp_path)
+                             cwd=cwd)
     assert analyze.returncode == 0, analyze.stderr[-2000:]
     report = json.loads((run / "analyze" / "analysis.json").read_text())
     assert report["contrast_groups"] == ["data", "noise"]
     best = max(report["contrast"].values(), key=lambda c: c["max_ratio"])
     print("\n" + json.dumps(report["contrast"], indent=1))
     assert best["max_ratio"] >= 2.0, report["contrast"]
-    rendered = subprocess.run([*cmd, "report", str(run)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    rendered = subprocess.run([*cmd, "report", str(run)], capture_output=True, text=True, timeout=600, cwd=cwd)
     assert rendered.returncode == 0, rendered.stderr[-2000:]
     html = (run / "report.html").read_text()
     assert "Selective-mechanism analytics" in html and "resources/tokens_per_s" in html
