@@ -51,7 +51,8 @@ def _rnd(g, *shape, dtype=torch.bfloat16, scale=1.0, device="cuda"):
 
 
 def _direction(g, batch, dim, length, n, device):
-    return dict(u=_rnd(g, batch, dim, length, device=device), delta=_rnd(g, batch, dim, length, scale=0.5, device=device),
+    return dict(u=_rnd(g, batch, dim, length, device=device),
+                delta=_rnd(g, batch, dim, length, scale=0.5, device=device),
                 A=-torch.rand(dim, n, generator=g, device=device).add(0.5).mul(n / 4),
                 B=_rnd(g, batch, n, length, device=device), C=_rnd(g, batch, n, length, device=device),
                 D=_rnd(g, dim, dtype=torch.float32, device=device),

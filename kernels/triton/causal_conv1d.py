@@ -308,7 +308,8 @@ def _dw_at(k: tl.constexpr, xp, xc, xn, gp, gc, gn, wt, bias, W: tl.constexpr, D
         if k == W:
             acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
         else:
-            acc += _dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN) * _at(i + DIR * (k - (W - 1)), xp, xc, xn, RUN)
+            acc += (_dpre(i, xp, xc, xn, gp, gc, gn, wt, bias, W, DIR, SILU, RUN)
+                    * _at(i + DIR * (k - (W - 1)), xp, xc, xn, RUN))
     return acc
 
 
