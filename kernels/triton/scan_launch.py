@@ -360,6 +360,7 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
     tile = plan.bwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
     common = (
+        # length twice: L, and BC_LEN, the dB/dC rows' length (a separate argument for ptxas; see the kernel)
         dim, length, length, d_state, dim // b_groups, dim // c_groups, bc_rows["dB"], bc_rows["dC"], plan.seg_len,
         plan.n_seg, tile.n_dtiles, plan.n_tiles, *first.u.stride(), *first.delta.stride(), *_strides3(z),
         *dout.stride(), ddt_batch, *first.A.stride(), *sb, *sc,

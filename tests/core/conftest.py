@@ -23,13 +23,13 @@ FIT_TIMEOUT_S = 300.0 + 120
 class FitResult:
     """What one ``mamba-suite fit`` run left behind."""
 
+    config: Path  # the config it trained
     cmd: list[str]  # the CLI command prefix (the console script, or ``python -m mambasuite.core.cli``)
     cwd: Path  # the working directory the CLI ran in
     run: Path  # the run's version folder, ``cwd/runs/<config stem>/version_*``
     acc: float  # last logged val/acc ...
     step: int  # ... and its step, from the run's metrics.csv
     wall: float  # wall seconds of the whole command, CLI start-up included
-    line: str  # the CLI's result line, "<config stem>: ..."
 
 
 def _cli_command() -> list[str]:
@@ -60,7 +60,7 @@ def _fit(config: Path, cwd: Path, *overrides: str, timeout: float = FIT_TIMEOUT_
     acc, step = _final_val_acc(run)
     line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{config.stem}: "))
     print(f"\n{line} | wall {wall:.0f} s")
-    return FitResult(cmd=cmd, cwd=cwd, run=run, acc=acc, step=step, wall=wall, line=line)
+    return FitResult(config=config, cmd=cmd, cwd=cwd, run=run, acc=acc, step=step, wall=wall)
 
 
 @pytest.fixture

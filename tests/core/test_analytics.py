@@ -20,8 +20,6 @@ from mambasuite.core.analytics import STATS, SelectiveAnalytics, SelectiveCaptur
 from mambasuite.core.blocks import MambaBackbone
 from mambasuite.core.mixers import SS2D, BiMamba, Mamba
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _direct_branch(mixer, hidden: torch.Tensor, s: str, reverse: bool):
     """Delta (batch, d, L), z, A and the final state of one branch, computed here from the parameters with a
@@ -181,8 +179,8 @@ def test_selective_copying_delta_differs_on_data_tokens(selective_copying_run):
     """Analyse the checkpoint of the selective-copying training with the analytics and resource callbacks (the
     session's shared run, tests/core/conftest.py) and render the run report: Delta following data tokens must
     clearly exceed Delta following noise tokens."""
-    cmd, cwd, run = selective_copying_run.cmd, selective_copying_run.cwd, selective_copying_run.run
-    config = REPO / "configs" / "core" / "selective_copying.yaml"
+    fit = selective_copying_run
+    cmd, cwd, run, config = fit.cmd, fit.cwd, fit.run, fit.config
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["val/acc"] >= 0.95, summary["line"]
     analyze = subprocess.run([*cmd, "analyze", "-c", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
