@@ -327,6 +327,44 @@ def _store_columns(ptr, offs, n_stride, cols, N, mask_d, N_PAD: tl.constexpr):
 
 
 @triton.jit
+def _seq_loads(u_row, dt_row, z_row, b_row, c_row, t, mask_d, valid, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2, s_c3, N,
+               LOAD_Z: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, SHARED_BC: tl.constexpr,
+               N_PAD: tl.constexpr):
+    """Step t's raw loads for `_fwd_seq_program` (zeros where not valid): u, dt, z of the BLOCK_D channels, and B[t],
+    C[t] of every state spread over the lanes, as (2 N_PAD,) B-then-C in one load when SHARED_BC (then both returned
+    vectors are that one). Absent tensors come back as u (never used).
+
+    B[t] and C[t] are loaded once per step for the whole channel tile; each channel gets state n's value by a gather
+    (one shuffle inside a one-warp program). (A scalar load per state and step costs an address computation and a
+    conversion each: 376 against 256 SASS instructions per step, offline sm_90 compile of a 32-channel one-warp
+    program.) B and C of one dtype share one load; of different dtypes (one pointer tensor cannot hold both) they
+    take one each: H200, session 9, fwd at (64, 768, 197, 16) 0.368-0.379 ms with one load (calls 1-3) and 0.413
+    with two loads for every dtype (call 4), not one run.
+    """
+    m = mask_d & valid
+    u = tl.load(u_row + t * s_ut, mask=m, other=0.0)
+    dt = tl.load(dt_row + t * s_tt, mask=m, other=0.0)
+    z = u
+    if LOAD_Z:
+        z = tl.load(z_row + t * s_zt, mask=m, other=0.0)
+    b_vec = u
+    c_vec = u
+    if SHARED_BC:
+        bc_k = tl.arange(0, 2 * N_PAD)
+        nn = bc_k % N_PAD
+        bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + t * s_b3, c_row + nn * s_c2 + t * s_c3)
+        b_vec = tl.load(bc_ptr, mask=(nn < N) & valid, other=0.0)
+        c_vec = b_vec
+    else:
+        n_k = tl.arange(0, N_PAD)
+        if B_VAR:
+            b_vec = tl.load(b_row + n_k * s_b2 + t * s_b3, mask=(n_k < N) & valid, other=0.0)
+        if C_VAR:
+            c_vec = tl.load(c_row + n_k * s_c2 + t * s_c3, mask=(n_k < N) & valid, other=0.0)
+    return u, dt, z, b_vec, c_vec
+
+
+@triton.jit
 def _fwd_seq_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, ckpt_ptr, last_ptr, seg_h_ptr, seg_p_ptr,
@@ -398,15 +436,34 @@ def _fwd_seq_program(
     b_row = B_ptr + b * s_b0 + grp_b * s_b1
     c_row = C_ptr + b * s_c0 + grp_c * s_c1
     ck_row = (b * DIM + offs_d) * N_TILES * N  # (batch, dim, n_tiles, N) checkpoints
-    n_k = tl.arange(0, N_PAD)
-    bc_k = tl.arange(0, 2 * N_PAD)
     dt_sum = zero
 
-    for i in tl.range(0, seg_stop - seg_start, num_stages=SEQ_STAGES):
+    # The loads of a step are issued one step ahead, into registers, so that their latency (L1, or L2 for a third of
+    # them) overlaps the previous step's arithmetic instead of stalling the step that needs them. (Triton's own
+    # pipelining of this loop, SEQ_STAGES, did not pay: session 9.)
+    SHARED_BC: tl.constexpr = B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype
+    if SHARED_BC:  # B's N_PAD values, then C's: where C's start in the (2 N_PAD,) vector
+        c_first = N_PAD
+    else:
+        c_first = 0
+    n_steps = seg_stop - seg_start
+    if REVERSE:
+        t_next = seg_stop - 1
+    else:
+        t_next = seg_start
+    u_next, dt_next, z_next, b_next, c_next = _seq_loads(
+        u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, n_steps > 0, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2, s_c3, N,
+        HAS_Z and not STATE_ONLY, B_VAR, C_VAR and not STATE_ONLY, SHARED_BC, N_PAD)
+    for i in tl.range(0, n_steps, num_stages=SEQ_STAGES):
+        t = t_next
+        u_raw, dt_raw, z_raw, b_raw, c_raw = u_next, dt_next, z_next, b_next, c_next
         if REVERSE:
-            t = seg_stop - 1 - i
+            t_next = t - 1
         else:
-            t = seg_start + i
+            t_next = t + 1
+        u_next, dt_next, z_next, b_next, c_next = _seq_loads(
+            u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, i + 1 < n_steps, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2,
+            s_c3, N, HAS_Z and not STATE_ONLY, B_VAR, C_VAR and not STATE_ONLY, SHARED_BC, N_PAD)
         if not STATE_ONLY:
             # A checkpoint holds the state entering a CKPT_T-step interval in scan order: before its first step
             # (forward) or its last (reverse; the last interval may end at L). Segments hold whole intervals.
@@ -416,8 +473,8 @@ def _fwd_seq_program(
                 entering = t % CKPT_T == 0
             if entering:
                 _store_columns(ckpt_ptr, ck_row + (t // CKPT_T) * N, 1, hs, N, mask_d, N_PAD)
-        u = tl.load(u_row + t * s_ut, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + t * s_tt, mask=mask_d, other=0.0).to(tl.float32)
+        u = u_raw.to(tl.float32)
+        dt = dt_raw.to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
@@ -425,24 +482,8 @@ def _fwd_seq_program(
         dt_sum += dt
         dtu = dt * u
         dt2 = dt * LOG2E
-        # B[t] and C[t] of every state, loaded spread over the lanes; each channel gets state n's value by a gather
-        # below, one shuffle inside a one-warp program. (A scalar load per state and step costs an address
-        # computation and a conversion each: 376 against 256 SASS instructions per step, offline sm_90 compile of a
-        # 32-channel one-warp program.) B and C of one dtype share one load (B's N_PAD values, then C's); of different
-        # dtypes (one pointer tensor cannot hold both) they take one each: H200, session 9, fwd at (64, 768, 197, 16)
-        # 0.368-0.379 ms with one load (calls 1-3) and 0.413 with two loads for every dtype (call 4), not one run.
-        if B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype:
-            nn = bc_k % N_PAD
-            bc_ptr = tl.where(bc_k < N_PAD, b_row + nn * s_b2 + t * s_b3, c_row + nn * s_c2 + t * s_c3)
-            b_vec = tl.load(bc_ptr, mask=nn < N, other=0.0).to(tl.float32)
-            c_vec = b_vec
-            c_first = N_PAD
-        else:
-            if B_VAR:
-                b_vec = tl.load(b_row + n_k * s_b2 + t * s_b3, mask=n_k < N, other=0.0).to(tl.float32)
-            if C_VAR:
-                c_vec = tl.load(c_row + n_k * s_c2 + t * s_c3, mask=n_k < N, other=0.0).to(tl.float32)
-            c_first = 0
+        b_vec = b_raw.to(tl.float32)
+        c_vec = c_raw.to(tl.float32)
         y = zero
         for n in tl.static_range(N_PAD):
             if B_VAR:
@@ -461,7 +502,7 @@ def _fwd_seq_program(
             if HAS_D:
                 y += d_skip * u
             if HAS_Z:
-                zv = tl.load(z_row + t * s_zt, mask=mask_d, other=0.0).to(tl.float32)
+                zv = z_raw.to(tl.float32)
                 y = y * zv * tl.sigmoid(zv)
             tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
