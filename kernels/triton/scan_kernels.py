@@ -655,6 +655,26 @@ def selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _bwd_state_loads(A_ptr, B_ptr, C_ptr, ckpt_ptr, b, grp_b, grp_c, n, N, offs_d, offs_t, mask_d, mask_t, ckpt_tile,
+                     DIM, N_TILES, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, B_VAR: tl.constexpr,
+                     C_VAR: tl.constexpr, NEED_B: tl.constexpr):
+    """State n's inputs of a backward tile, for PREFETCH (zeros for n >= N): A[:, n], C_n and, when NEED_B, B_n and
+    the tile's entry checkpoint of state n (else C_n stands in for B_n and A[:, n] for the checkpoint, never used)."""
+    in_range = n < N
+    a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d & in_range, other=0.0).to(tl.float32)
+    c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d & in_range, mask_t & in_range, s_c0, s_c1, s_c2, s_c3,
+                   C_VAR)
+    b_n = c_n
+    h_in = a_nat
+    if NEED_B:
+        b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d & in_range, mask_t & in_range, s_b0, s_b1, s_b2,
+                       s_b3, B_VAR)
+        h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d & in_range,
+                       other=0.0)
+    return a_nat, c_n, b_n, h_in
+
+
+@triton.jit
 def _bwd_program(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
     seg_e_ptr, seg_p_ptr,
@@ -667,14 +687,16 @@ def _bwd_program(
     CARRY_ONLY: tl.constexpr, SEG_MODE: tl.constexpr, ATOMIC_BC: tl.constexpr,
     ATOMIC_DZ: tl.constexpr, NEED_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr, CKPT_RATIO: tl.constexpr,
-    GATHER_FLIP: tl.constexpr,
+    GATHER_FLIP: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Backward of one (batch row, channel tile, segment), tiles in reverse scan order.
 
     BLOCK_T spans CKPT_RATIO of the forward's checkpoint intervals (N_TILES of them per row, one every
     min(forward, backward tile) steps), so the backward has its own tile length, channel tile and warps.
     GATHER_FLIP (one-warp programs): 1 runs the right-to-left scan on tiles reversed with tl.gather (_linear_scan);
-    2 also takes a_{t+1} from a by a gather (SHIFT_A) instead of a second exp2 per element.
+    2 also takes a_{t+1} from a by a gather (SHIFT_A) instead of a second exp2 per element. PREFETCH issues each state's
+    loads (A[:, n], B_n, C_n, the entry checkpoint) during the state before it, into registers (the plan's choice:
+    it pays where registers are to spare, and costs where they are not).
 
     The dh recurrence dh_t = g_t + a_{t+1} dh_{t+1} (g = dy * C) is carried between tiles as
     e = a_first * dh_first, and between segments like the forward state (CARRY_ONLY pass writes each
@@ -786,9 +808,20 @@ def _bwd_program(
         # per state instead of four, and u is not live through the loop over states (it is reloaded after it).
         p_acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         q_acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        if PREFETCH:  # state 0's loads; then each state's loads are issued during the state before it
+            a_pre, c_pre, b_pre, h_pre = _bwd_state_loads(
+                A_ptr, B_ptr, C_ptr, ckpt_ptr, b, grp_b, grp_c, 0, N, offs_d, offs_t, mask_d, mask_t, ckpt_tile, DIM,
+                N_TILES, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, B_VAR, C_VAR, not CARRY_ONLY)
         for n in range(N):
             sel = offs_n[None, :] == n
-            a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
+            if PREFETCH:
+                a_nat, c_n, b_n, h_in = a_pre, c_pre, b_pre, h_pre
+                a_pre, c_pre, b_pre, h_pre = _bwd_state_loads(
+                    A_ptr, B_ptr, C_ptr, ckpt_ptr, b, grp_b, grp_c, n + 1, N, offs_d, offs_t, mask_d, mask_t,
+                    ckpt_tile, DIM, N_TILES, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, B_VAR, C_VAR,
+                    not CARRY_ONLY)
+            else:
+                a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
             a = tl.exp2(dt * (a_nat * LOG2E)[:, None])
             if SHIFT_A:
                 # a_{t+1} is a shifted one step against the scan order, by a gather inside the warp (a shuffle per
@@ -798,7 +831,8 @@ def _bwd_program(
                 a_next = tl.gather(a, shift_idx, 1)
             else:
                 a_next = tl.exp2(dt_next * (a_nat * LOG2E)[:, None])
-            c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
+            if not PREFETCH:
+                c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d, mask_t, s_c0, s_c1, s_c2, s_c3, C_VAR)
             g = dy * c_n
             g = tl.where(last_col, g + _column(carry, sel)[:, None], g)
             # dh runs against the scan order
@@ -809,9 +843,12 @@ def _bwd_program(
                 dh = _linear_scan(a_next, g, not REVERSE, GATHER_FLIP, BLOCK_T)
             carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)
             if not CARRY_ONLY:
-                b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
+                if not PREFETCH:
+                    b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
                 x = dtu * b_n
-                h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d, other=0.0)
+                if not PREFETCH:
+                    h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d,
+                                   other=0.0)
                 h = _linear_scan(a, tl.where(first_col, x + a * h_in[:, None], x), REVERSE, GATHER_FLIP, BLOCK_T)
                 if HAS_Z:
                     y += h * c_n
@@ -922,7 +959,7 @@ def _bwd_route(
     GATHER_FLIP: tl.constexpr, dir_u, dir_dt,
     dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part,
     dir_dB, dir_dC, dir_row,
-    col_u, col_g, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
+    col_u, col_g, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
@@ -938,7 +975,7 @@ def _bwd_route(
         N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_gb, s_gd, s_gt, s_xb, s_ad, s_an, s_b0,
         s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_DLAST, SOFTPLUS, B_VAR, C_VAR, REVERSE,
         CARRY_ONLY, SEG_MODE, ATOMIC_BC, ATOMIC_DZ, NEED_DH0, BLOCK_D, BLOCK_T, N_PAD,
-        CKPT_RATIO, GATHER_FLIP,
+        CKPT_RATIO, GATHER_FLIP, PREFETCH,
     )
 
 
@@ -960,9 +997,9 @@ def selective_scan_bwd_kernel(
     dir_D: tl.int64, dir_bias: tl.int64, dir_g: tl.int64, dir_state: tl.int64, dir_ckpt: tl.int64, dir_seg: tl.int64,
     dir_du: tl.int64, dir_ddt: tl.int64, dir_dz: tl.int64, dir_part: tl.int64, dir_dB: tl.int64, dir_dC: tl.int64,
     dir_row: tl.int64, col_u: tl.int64, col_g: tl.int64,
-    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr,
+    DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    """Backward launch; same grid, directions and dir_* / col_* offsets as the forward."""
+    """Backward launch; same grid, directions and dir_* / col_* offsets as the forward; PREFETCH: see _bwd_program."""
     if DIRECTIONS == 1:
         _bwd_route(
             0, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr, seg_e_ptr,
@@ -975,6 +1012,7 @@ def selective_scan_bwd_kernel(
             NEED_DH0, BLOCK_D, BLOCK_T, N_PAD, CKPT_RATIO, GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
             dir_bias, dir_g, dir_state, dir_ckpt, dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row,
             0, 0, REVERSE, 0,
+            PREFETCH,
         )
     else:
         k = tl.program_id(2)
@@ -991,6 +1029,7 @@ def selective_scan_bwd_kernel(
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False, 0,
+                    PREFETCH,
                 )
             else:
                 _bwd_route(
@@ -1004,6 +1043,7 @@ def selective_scan_bwd_kernel(
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True, 0,
+                    PREFETCH,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -1018,6 +1058,7 @@ def selective_scan_bwd_kernel(
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False, 0,
+                    PREFETCH,
                 )
             elif k == 1:
                 _bwd_route(
@@ -1032,6 +1073,7 @@ def selective_scan_bwd_kernel(
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, False,
                     DIR_SCALE,
+                    PREFETCH,
                 )
             elif k == 2:
                 _bwd_route(
@@ -1045,6 +1087,7 @@ def selective_scan_bwd_kernel(
                     CKPT_RATIO,
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True, 0,
+                    PREFETCH,
                 )
             else:
                 _bwd_route(
@@ -1059,4 +1102,5 @@ def selective_scan_bwd_kernel(
                     GATHER_FLIP, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_g, dir_state, dir_ckpt,
                     dir_seg, dir_du, dir_ddt, dir_dz, dir_part, dir_dB, dir_dC, dir_row, col_u, col_g, True,
                     DIR_SCALE,
+                    PREFETCH,
                 )

@@ -368,7 +368,8 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
     meta = dict(_flags(first, z, softplus, b_var, c_var), ATOMIC_BC=atomic_bc,
                 ATOMIC_DZ=atomic_dz, NEED_DH0=need_dh0, BLOCK_D=tile.block_d, BLOCK_T=tile.block_t,
                 N_PAD=plan.n_pad, CKPT_RATIO=plan.ckpt_ratio, DIRECTIONS=k_dirs, REVERSE=reverse,
-                GATHER_FLIP=_gather_flip(tile) * (2 if plan.bwd_shift_a else 1), **_tile_options(tile))
+                GATHER_FLIP=_gather_flip(tile) * (2 if plan.bwd_shift_a else 1), PREFETCH=plan.bwd_prefetch,
+                **_tile_options(tile))
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if has_d else dummy,
             z if z is not None else dummy, first.delta_bias if has_bias else dummy, dout]
     outs = [du, ddelta, dz if dz is not None else dummy, bufs["dA"], bufs["dB"], bufs["dC"],

@@ -30,7 +30,7 @@ from .host import env_reader
 # memory and a barrier each).
 TILE_PLANS = (
     # (max L, max rows or None, forward (T, D, W[, max_regs]), backward (T, D, W[, max_regs]), forward UNROLL,
-    #  sequential forward (D, W, S) or None)
+    #  sequential forward (D, W, S) or None, backward loads one state ahead (BWD_PREFETCH))
     # short sequences (Vim at 224 px: L = 197), session 6 at (64, 768, 197, 16): fwd / fwd+bwd 0.577 / 1.941 ms,
     # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1. Session 7 (one H200 call):
     # capping both kernels at 128 registers (16 resident warps per SM instead of 12) gave 0.518 / 1.751 ms against
@@ -39,16 +39,16 @@ TILE_PLANS = (
     # 1.563 ms against 1.677 for 64 x 2 / 128 (32 x 2 / 128: 1.688; 128 x 2: 1.783; 64 x 4: 1.872); its checkpoints
     # every 32 steps cost 9 MiB more (104 MiB peak against mamba-ssm's 101), paid for by no longer allocating dh0
     # without an initial state and by one atomic dA sum instead of per-batch partials (3 MiB each).
-    (256, None, (128, 2, 1, 128), (32, 4, 1, 168), 1, (32, 1, 1)),
+    (256, None, (128, 2, 1, 128), (32, 4, 1, 168), 1, (32, 1, 1), False),
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
-    (16384, None, (1024, 1, 1), (256, 2, 1), 4, None),
+    (16384, None, (1024, 1, 1), (256, 2, 1), 4, None, False),
     # long sequences, session 6 at (2, 512, 131072, 16): 5.030 / 15.327 ms against 4.622 / 18.149 with the backward
     # tile 1024:2:4 and 5.044 / 19.946 with 256:2:1 (half the programs). Session 10 (one H200 call, a_{t+1} shifted):
     # a one-warp forward 1024:1:1 took 2.873 / 12.585 ms against 5.033 / 14.716 for the two-warp 1024:1:2 kept since
     # session 5 (2048:1:2 3.523 / 13.269; 1024:1:2 capped at 128 registers 2.981 / 12.644); unroll 8 / 2 / 1: 2.837 /
     # 3.144 / 3.400 ms forward (call 2)
-    (None, None, (1024, 1, 1), (256, 1, 1), 4, None),
+    (None, None, (1024, 1, 1), (256, 1, 1), 4, None, True),
 )
 # Bidirectional launches do not unroll the forward (unroll 4 was slower for the 2D routes too in session 5, when their
 # column routes still read the map in place). Since the 2D column routes read a column-major copy (session 11), the 2D
@@ -59,12 +59,12 @@ TILE_PLANS = (
 MULTI_DIRECTION_PLANS = (
     # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200);
     # session 9 (same call), tiled / step-by-step forward: fwd 1.115 / 1.031 ms, fwd+bwd 4.140 / 4.056
-    (256, None, (128, 4, 1), (128, 2, 1, 128), 1, (32, 1, 1)),
+    (256, None, (128, 4, 1), (128, 2, 1, 128), 1, (32, 1, 1), False),
     # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
     # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
-    (16384, None, (1024, 1, 1), (256, 2, 1), 1, None),
+    (16384, None, (1024, 1, 1), (256, 2, 1), 1, None, False),
     # fused bidirectional (2, 512, 131072, 16): 40.37 ms with the single-direction long tiles / 32.86 with these
-    (None, None, (256, 1, 1), (256, 2, 1), 1, None),
+    (None, None, (256, 1, 1), (256, 2, 1), 1, None, False),
 )
 
 
@@ -96,6 +96,7 @@ class LaunchPlan:
     loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
     over steps pipelined fwd_stages stages; its block_t is the backward's; a tiled forward pipelines its loop over
     states fwd_stages stages). bwd_shift_a: a one-warp backward takes a_{t+1} from a by a gather, not a second exp2.
+    bwd_prefetch: the backward issues each state's loads during the state before it (see BWD_PREFETCH_NOTE).
     The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles checkpoints per row,
     ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a multiple of both tiles) run
     in parallel.
@@ -107,6 +108,7 @@ class LaunchPlan:
     fwd_sequential: bool
     fwd_stages: int
     bwd_shift_a: bool
+    bwd_prefetch: bool
     ckpt_len: int
     ckpt_ratio: int
     n_tiles: int
@@ -116,11 +118,12 @@ class LaunchPlan:
 
 
 def _default_tiles(rows: int, length: int, directions: int):
-    """The plan row's forward and backward tiles as (T, D, W, max_regs), the forward's unroll factor and its
-    sequential (D, W, S) or None."""
-    for max_len, max_rows, fwd, bwd, unroll, seq in TILE_PLANS if directions == 1 else MULTI_DIRECTION_PLANS:
+    """The plan row's forward and backward tiles as (T, D, W, max_regs), the forward's unroll factor, its
+    sequential (D, W, S) or None, and whether the backward loads one state ahead."""
+    for max_len, max_rows, fwd, bwd, unroll, seq, prefetch in (TILE_PLANS if directions == 1
+                                                               else MULTI_DIRECTION_PLANS):
         if (max_len is None or length <= max_len) and (max_rows is None or rows <= max_rows):
-            return (*fwd, 0)[:4], (*bwd, 0)[:4], unroll, seq
+            return (*fwd, 0)[:4], (*bwd, 0)[:4], unroll, seq, prefetch
     raise AssertionError("every plan table must end with a catch-all row")
 
 
@@ -151,8 +154,8 @@ def _next_pow2(n: int) -> int:
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in (
     "BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T", "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL",
-    "PROGRAMS", "SEQ", "SHIFT_A", "FWD_STAGES"))
-_SEQ, _SHIFT_A, _FWD_STAGES = 10, 11, 12  # positions of the non-tile overrides in _TILE_ENV
+    "PROGRAMS", "SEQ", "SHIFT_A", "FWD_STAGES", "BWD_PREFETCH"))
+_SEQ, _SHIFT_A, _FWD_STAGES, _BWD_PREFETCH = 10, 11, 12, 13  # positions of the non-tile overrides in _TILE_ENV
 _SEQ_ENV = _TILE_ENV[_SEQ]
 _read_overrides = env_reader(*_TILE_ENV)
 # One-warp backward tiles take a_{t+1} as a shifted a (a gather inside the warp) instead of a second exp2 per element;
@@ -161,6 +164,12 @@ _read_overrides = env_reader(*_TILE_ENV)
 # (2, 512, 131072, 16) 14.716 / 15.483 (the two-warp forward of then). Offline sm_90 SASS of the 256:2:1 backward's
 # loop per state: 32 -> 16 MUFU and 144 -> 128 FMUL for 110 -> 140 SHFL, and no more register spills.
 BWD_SHIFT_A = True
+# BWD_PREFETCH_NOTE. The plan rows' last field: the backward's loop over states loads state n's A[:, n], B_n, C_n and
+# entry checkpoint during state n - 1, into registers, so that their latency overlaps the previous state's scans
+# (MAMBASUITE_SCAN_BWD_PREFETCH=0/1 overrides). It costs registers, so it pays only where the tile leaves some. Session
+# 15, one H200 call, backward kernel us without / with: (2, 512, 131072, 16) at 256:1:1 9,717 / 8,368 (236 -> 244
+# registers, no spills); (8, 3072, 2048, 16) at 256:2:1 2,781 / 2,753 (22 bytes of spills); (8, 768, 4096, 16)
+# 1,272 / 1,396; (64, 768, 197, 16) at 32:4:1 1,045 / 1,075 (141 -> 168 registers, the cap).
 # The tiled forward's loop over states is software-pipelined this many stages (loads of the next states' A, B, C
 # issued ahead through shared memory); MAMBASUITE_SCAN_FWD_STAGES overrides. Session 10, one H200 call, forward ms
 # with 2 / 1 / 3 stages: (8, 3072, 2048, 16) 0.980 / 0.988 / 1.394; (8, 768, 4096, 16) 0.499 / 0.543 / 0.710;
@@ -209,7 +218,7 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
     which long rows are split into segments, MAMBASUITE_SCAN_SEQ the step-by-step forward ("0": tiled; "D:W[:S]"),
     MAMBASUITE_SCAN_SHIFT_A the backward's a_{t+1} (0: a second exp2; 1: a shift), MAMBASUITE_SCAN_FWD_STAGES the
-    tiled forward's pipeline stages;
+    tiled forward's pipeline stages, MAMBASUITE_SCAN_BWD_PREFETCH the backward's loads one state ahead (0 / 1);
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -228,7 +237,11 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     shift_a = overrides[_SHIFT_A]
     if shift_a and shift_a.strip() not in ("0", "1"):
         raise ValueError(f"{_TILE_ENV[_SHIFT_A]}={shift_a!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
-    fwd_default, bwd_default, unroll, seq = _default_tiles(batch * dim, length, directions)
+    prefetch_env = overrides[_BWD_PREFETCH]
+    if prefetch_env and prefetch_env.strip() not in ("0", "1"):
+        raise ValueError(f"{_TILE_ENV[_BWD_PREFETCH]}={prefetch_env!r}: expected 0 (each state's loads where they are "
+                         "used) or 1 (one state ahead)")
+    fwd_default, bwd_default, unroll, seq, prefetch = _default_tiles(batch * dim, length, directions)
     stages = TILED_FWD_STAGES if directions == 1 else 1
     if directions == 4:
         unroll, stages = FOUR_ROUTE_FWD
@@ -277,6 +290,7 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
         fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages,
         bwd_shift_a=bwd_w == 1 and (shift_a.strip() == "1" if shift_a else BWD_SHIFT_A),
+        bwd_prefetch=prefetch_env.strip() == "1" if prefetch_env else prefetch,
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

@@ -240,6 +240,38 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
     _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=29), reverse=reverse)
 
 
+@pytest.mark.parametrize("reverse,form,seg", [(False, "variable", None), (True, "grouped", 64), (True, "invariant", None),
+                                              (False, "grouped", 32)])
+def test_backward_loads_one_state_ahead(monkeypatch, reverse, form, seg):
+    """MAMBASUITE_SCAN_BWD_PREFETCH=1: the backward loads each state's A, B, C and entry checkpoint during the state
+    before it. Exact in both scan directions, for every B/C form, across tiles with a masked tail (L = 100 in 16-step
+    tiles) and in the segment carry pass (which loads no B and no checkpoint)."""
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "1")
+    for key, value in dict(BLOCK_T=16, BLOCK_D=2, WARPS=1, BWD_BLOCK_T=16, BWD_BLOCK_D=2, BWD_WARPS=1).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    groups = 2 if form == "grouped" else 1
+    plan = triton_scan.plan_launch(2, 4, 100, 4, groups, torch.device(DEVICE))
+    assert plan.bwd_prefetch and plan.n_seg == (1 if seg is None else -(-100 // seg))
+    _compare(_inputs(2, 4, 100, 4, form, groups=groups, h0=True, seed=53), reverse=reverse)
+
+
+def test_backward_prefetch_default_and_override(monkeypatch):
+    """The plan loads one state ahead only for single-direction rows longer than 16384 steps (where it was measured to
+    pay); MAMBASUITE_SCAN_BWD_PREFETCH=0/1 overrides, and anything else is refused by name."""
+    device = torch.device(DEVICE)
+    assert triton_scan.plan_launch(2, 8, 20000, 4, 1, device).bwd_prefetch
+    assert not any(triton_scan.plan_launch(2, 8, length, 4, 1, device).bwd_prefetch for length in (197, 2048, 16384))
+    assert not triton_scan.plan_launch(2, 8, 20000, 4, 1, device, directions=2).bwd_prefetch
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "0")
+    assert not triton_scan.plan_launch(2, 8, 20000, 4, 1, device).bwd_prefetch
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "1")
+    assert triton_scan.plan_launch(2, 8, 197, 4, 1, device).bwd_prefetch
+    monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "yes")
+    with pytest.raises(ValueError, match="MAMBASUITE_SCAN_BWD_PREFETCH='yes'"):
+        triton_scan.plan_launch(2, 8, 197, 4, 1, device)
+
+
 def test_tiled_forward_pipeline_stages(monkeypatch):
     """Single-direction and 2D tiled forwards pipeline their loop over states 2 stages (bidirectional launches 1; the
     step-by-step forward keeps its own stages); MAMBASUITE_SCAN_FWD_STAGES overrides, and a pipelined launch stays
