@@ -240,8 +240,8 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
     _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=29), reverse=reverse)
 
 
-@pytest.mark.parametrize("reverse,form,seg", [(False, "variable", None), (True, "grouped", 64), (True, "invariant", None),
-                                              (False, "grouped", 32)])
+@pytest.mark.parametrize("reverse,form,seg", [
+    (False, "variable", None), (True, "grouped", 64), (True, "invariant", None), (False, "grouped", 32)])
 def test_backward_loads_one_state_ahead(monkeypatch, reverse, form, seg):
     """MAMBASUITE_SCAN_BWD_PREFETCH=1: the backward loads each state's A, B, C and entry checkpoint during the state
     before it. Exact in both scan directions, for every B/C form, across tiles with a masked tail (L = 100 in 16-step
