@@ -63,8 +63,12 @@ MULTI_DIRECTION_PLANS = (
     # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
     # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
     (16384, None, (1024, 1, 1), (256, 2, 1), 1, None, False),
-    # fused bidirectional (2, 512, 131072, 16): 40.37 ms with the single-direction long tiles / 32.86 with these
-    (None, None, (256, 1, 1), (256, 2, 1), 1, None, False),
+    # fused bidirectional (2, 512, 131072, 16): 40.37 ms with the single-direction long tiles / 32.86 with 256:1:1 /
+    # 256:2:1 (session 6). Session 15, one H200 call, fwd+bwd ms (forward / backward kernel ms): 256:1:1 / 256:2:1
+    # 28.98 (9.52 / 17.88); backward 256:1:1 loading one state ahead 28.70 (9.52 / 18.02), without 34.93; with the
+    # forward 1024:1:1 as well 26.85 (7.73 / 17.96). (The 2D routes share this row beyond 16384 pixels; not measured
+    # there.)
+    (None, None, (1024, 1, 1), (256, 1, 1), 1, None, True),
 )
 
 

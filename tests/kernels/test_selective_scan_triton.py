@@ -143,7 +143,7 @@ def test_plan_unrolls_the_forward_of_single_direction_long_tiles_only(monkeypatc
     long_plan = triton_scan.plan_launch(2, 8, 131072, 4, 1, device)
     assert (long_plan.fwd_unroll, long_plan.fwd.block_t, long_plan.fwd.num_warps) == (4, 1024, 1)
     bidir = triton_scan.plan_launch(2, 8, 131072, 4, 1, device, directions=2)
-    assert (bidir.fwd_unroll, bidir.fwd.block_t, bidir.bwd.block_t) == (1, 256, 256)
+    assert (bidir.fwd_unroll, bidir.fwd.block_t, bidir.bwd.block_t, bidir.bwd.block_d) == (1, 1024, 256, 1)
     assert triton_scan.plan_launch(2, 8, 2048, 4, 1, device, directions=2).fwd_unroll == 1
     assert triton_scan.plan_launch(2, 8, 3136, 4, 1, device, directions=4).fwd_unroll == 4
     monkeypatch.setenv("MAMBASUITE_SCAN_FWD_UNROLL", "2")
@@ -257,12 +257,14 @@ def test_backward_loads_one_state_ahead(monkeypatch, reverse, form, seg):
 
 
 def test_backward_prefetch_default_and_override(monkeypatch):
-    """The plan loads one state ahead only for single-direction rows longer than 16384 steps (where it was measured to
-    pay); MAMBASUITE_SCAN_BWD_PREFETCH=0/1 overrides, and anything else is refused by name."""
+    """The plan loads one state ahead only for rows longer than 16384 steps (where it was measured to pay), single or
+    multi-direction; MAMBASUITE_SCAN_BWD_PREFETCH=0/1 overrides, and anything else is refused by name."""
     device = torch.device(DEVICE)
     assert triton_scan.plan_launch(2, 8, 20000, 4, 1, device).bwd_prefetch
-    assert not any(triton_scan.plan_launch(2, 8, length, 4, 1, device).bwd_prefetch for length in (197, 2048, 16384))
-    assert not triton_scan.plan_launch(2, 8, 20000, 4, 1, device, directions=2).bwd_prefetch
+    assert triton_scan.plan_launch(2, 8, 20000, 4, 1, device, directions=2).bwd_prefetch
+    for directions in (1, 2, 4):
+        assert not any(triton_scan.plan_launch(2, 8, length, 4, 1, device, directions=directions).bwd_prefetch
+                       for length in (197, 2048, 16384))
     monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "0")
     assert not triton_scan.plan_launch(2, 8, 20000, 4, 1, device).bwd_prefetch
     monkeypatch.setenv("MAMBASUITE_SCAN_BWD_PREFETCH", "1")
