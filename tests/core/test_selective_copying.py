@@ -125,6 +125,7 @@ def test_selective_config_solves_the_task_within_budget(selective_copying_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the fit's own subprocess timeout below, not the suite's 900 s, bounds this test
 def test_lti_config_fails_within_the_same_budget(cli_fit, tmp_path):
     # Same config and step budget (800 steps) as the selective run; the time cap is lifted so that a busy CPU
     # cannot make LTI "fail" merely by running fewer steps (on 2 idle cores it needs ~150 s).
