@@ -162,8 +162,11 @@ def _markdown(result: dict, title: str) -> str:
              "| shape | impl | fwd ms | fwd+bwd ms | peak MiB | status |", "|---|---|---:|---:|---:|---|"]
     for c in result["cases"]:
         f = lambda k: f"{c[k]:.3f}" if c.get(k) is not None else "-"  # noqa: E731
+        # an error names its cause in the table too (e.g. the peer not installed), not only in the JSON
+        reason = c["error"].splitlines()[0][:120].replace("|", "/") if c.get("error") else ""  # "|" would end the cell
+        status = f"{c['status']}: {reason}" if reason else c["status"]
         lines.append(f"| {c['shape']} | {c['impl']} | {f('fwd_ms')} | {f('fwd_bwd_ms')} | "
-                     f"{f('peak_mem_mb')} | {c['status']} |")
+                     f"{f('peak_mem_mb')} | {status} |")
     lines += ["", "| case | metric | peer | peer / ours |", "|---|---|---|---:|"]
     for r in result["ratios"]:
         lines.append(f"| {r['ours']} | {r['metric']} | {r['peer']} | {r['ratio']:.2f}x |")

@@ -31,6 +31,9 @@ def test_smoke_run_writes_cases_and_ratios(tmp_path, main, name, impls):
     for impl, case in by_impl.items():
         if impl.startswith("mamba_ssm") and not PEER:
             assert case["status"] == "error" and "mamba" in case["error"]
+            # the markdown table names the cause as well
+            row = next(line for line in (tmp_path / f"{name}.md").read_text().splitlines() if f"| {impl} |" in line)
+            assert "error: " in row and "mamba" in row.split("error: ", 1)[1]
         else:
             assert case["status"] == "ok" and case["fwd_ms"] > 0 and case["fwd_bwd_ms"] > 0
     ours_peers = {r["peer"].split("/")[-1] for r in result["ratios"]}
