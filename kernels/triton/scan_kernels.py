@@ -451,9 +451,11 @@ def _fwd_seq_program(
         t_next = seg_stop - 1
     else:
         t_next = seg_start
+    LOAD_Z: tl.constexpr = HAS_Z and not STATE_ONLY  # a state-only pass writes no output: no z, no C
+    LOAD_C: tl.constexpr = C_VAR and not STATE_ONLY
     u_next, dt_next, z_next, b_next, c_next = _seq_loads(
         u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, n_steps > 0, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2, s_c3, N,
-        HAS_Z and not STATE_ONLY, B_VAR, C_VAR and not STATE_ONLY, SHARED_BC, N_PAD)
+        LOAD_Z, B_VAR, LOAD_C, SHARED_BC, N_PAD)
     for i in tl.range(0, n_steps, num_stages=SEQ_STAGES):
         t = t_next
         u_raw, dt_raw, z_raw, b_raw, c_raw = u_next, dt_next, z_next, b_next, c_next
@@ -463,7 +465,7 @@ def _fwd_seq_program(
             t_next = t + 1
         u_next, dt_next, z_next, b_next, c_next = _seq_loads(
             u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, i + 1 < n_steps, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2,
-            s_c3, N, HAS_Z and not STATE_ONLY, B_VAR, C_VAR and not STATE_ONLY, SHARED_BC, N_PAD)
+            s_c3, N, LOAD_Z, B_VAR, LOAD_C, SHARED_BC, N_PAD)
         if not STATE_ONLY:
             # A checkpoint holds the state entering a CKPT_T-step interval in scan order: before its first step
             # (forward) or its last (reverse; the last interval may end at L). Segments hold whole intervals.
@@ -655,13 +657,25 @@ def selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _load_a(A_ptr, n, offs_d, s_ad, s_an, mask_d):
+    """A[:, n] of the channel tile, fp32 (BLOCK_D,)."""
+    return tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_entry(ckpt_ptr, b, n, offs_d, ckpt_tile, DIM, N_TILES, N, mask_d):
+    """State n entering forward checkpoint interval `ckpt_tile`, from the (batch, dim, n_tiles, N) checkpoints."""
+    return tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d, other=0.0)
+
+
+@triton.jit
 def _bwd_state_loads(A_ptr, B_ptr, C_ptr, ckpt_ptr, b, grp_b, grp_c, n, N, offs_d, offs_t, mask_d, mask_t, ckpt_tile,
                      DIM, N_TILES, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, B_VAR: tl.constexpr,
                      C_VAR: tl.constexpr, NEED_B: tl.constexpr):
     """State n's inputs of a backward tile, for PREFETCH (zeros for n >= N): A[:, n], C_n and, when NEED_B, B_n and
     the tile's entry checkpoint of state n (else C_n stands in for B_n and A[:, n] for the checkpoint, never used)."""
     in_range = n < N
-    a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d & in_range, other=0.0).to(tl.float32)
+    a_nat = _load_a(A_ptr, n, offs_d, s_ad, s_an, mask_d & in_range)
     c_n = _load_bc(C_ptr, b, grp_c, n, offs_d, offs_t, mask_d & in_range, mask_t & in_range, s_c0, s_c1, s_c2, s_c3,
                    C_VAR)
     b_n = c_n
@@ -669,8 +683,7 @@ def _bwd_state_loads(A_ptr, B_ptr, C_ptr, ckpt_ptr, b, grp_b, grp_c, n, N, offs_
     if NEED_B:
         b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d & in_range, mask_t & in_range, s_b0, s_b1, s_b2,
                        s_b3, B_VAR)
-        h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d & in_range,
-                       other=0.0)
+        h_in = _load_entry(ckpt_ptr, b, n, offs_d, ckpt_tile, DIM, N_TILES, N, mask_d & in_range)
     return a_nat, c_n, b_n, h_in
 
 
@@ -821,7 +834,7 @@ def _bwd_program(
                     ckpt_tile, DIM, N_TILES, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, B_VAR, C_VAR,
                     not CARRY_ONLY)
             else:
-                a_nat = tl.load(A_ptr + offs_d * s_ad + n * s_an, mask=mask_d, other=0.0).to(tl.float32)
+                a_nat = _load_a(A_ptr, n, offs_d, s_ad, s_an, mask_d)
             a = tl.exp2(dt * (a_nat * LOG2E)[:, None])
             if SHIFT_A:
                 # a_{t+1} is a shifted one step against the scan order, by a gather inside the warp (a shuffle per
@@ -847,8 +860,7 @@ def _bwd_program(
                     b_n = _load_bc(B_ptr, b, grp_b, n, offs_d, offs_t, mask_d, mask_t, s_b0, s_b1, s_b2, s_b3, B_VAR)
                 x = dtu * b_n
                 if not PREFETCH:
-                    h_in = tl.load(ckpt_ptr + ((b * DIM + offs_d) * N_TILES + ckpt_tile) * N + n, mask=mask_d,
-                                   other=0.0)
+                    h_in = _load_entry(ckpt_ptr, b, n, offs_d, ckpt_tile, DIM, N_TILES, N, mask_d)
                 h = _linear_scan(a, tl.where(first_col, x + a * h_in[:, None], x), REVERSE, GATHER_FLIP, BLOCK_T)
                 if HAS_Z:
                     y += h * c_n

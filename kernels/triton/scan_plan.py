@@ -212,6 +212,16 @@ def _env_sequential(value: str | None, default: tuple[int, int, int] | None) -> 
     return block_d, warps, stages
 
 
+def _env_switch(overrides: tuple[str | None, ...], index: int, meaning: str) -> bool | None:
+    """A 0/1 override of `_TILE_ENV[index]` as a bool, None when unset; any other value is refused by name."""
+    value = overrides[index]
+    if not value:
+        return None
+    if value.strip() not in ("0", "1"):
+        raise ValueError(f"{_TILE_ENV[index]}={value!r}: expected {meaning}")
+    return value.strip() == "1"
+
+
 def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, device: torch.device,
                 directions: int = 1) -> LaunchPlan:
     """Pick both kernels' tiles, the segment length and warps for a call (deterministic in the shapes).
@@ -238,13 +248,9 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     for i, (key, value) in enumerate(zip(_TILE_ENV, overrides)):  # checked once per distinct setting (cached plan)
         if value and i != _SEQ and not value.strip().isdigit():
             raise ValueError(f"{key}={value!r}: expected a non-negative integer")
-    shift_a = overrides[_SHIFT_A]
-    if shift_a and shift_a.strip() not in ("0", "1"):
-        raise ValueError(f"{_TILE_ENV[_SHIFT_A]}={shift_a!r}: expected 0 (a second exp2) or 1 (a shifted by a gather)")
-    prefetch_env = overrides[_BWD_PREFETCH]
-    if prefetch_env and prefetch_env.strip() not in ("0", "1"):
-        raise ValueError(f"{_TILE_ENV[_BWD_PREFETCH]}={prefetch_env!r}: expected 0 (each state's loads where they are "
-                         "used) or 1 (one state ahead)")
+    shift_a = _env_switch(overrides, _SHIFT_A, "0 (a second exp2) or 1 (a shifted by a gather)")
+    prefetch_env = _env_switch(overrides, _BWD_PREFETCH, "0 (each state's loads where they are used) or 1 (one state "
+                               "ahead)")
     fwd_default, bwd_default, unroll, seq, prefetch = _default_tiles(batch * dim, length, directions)
     stages = TILED_FWD_STAGES if directions == 1 else 1
     if directions == 4:
@@ -293,8 +299,8 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
         fwd=KernelTile(fwd_t, fwd_d, fwd_w, -(-dim // fwd_d), fwd_r),
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
         fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages,
-        bwd_shift_a=bwd_w == 1 and (shift_a.strip() == "1" if shift_a else BWD_SHIFT_A),
-        bwd_prefetch=prefetch_env.strip() == "1" if prefetch_env else prefetch,
+        bwd_shift_a=bwd_w == 1 and (BWD_SHIFT_A if shift_a is None else shift_a),
+        bwd_prefetch=prefetch if prefetch_env is None else prefetch_env,
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))
