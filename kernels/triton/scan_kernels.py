@@ -313,8 +313,8 @@ def _with(states, n: tl.constexpr, value):
 
 @triton.jit
 def _columns(ptr, offs, n_stride, N, mask_d, N_PAD: tl.constexpr):
-    """N_PAD (BLOCK_D,) fp32 vectors ptr[offs + n * n_stride] for n < N_PAD, zero for n >= N."""
-    cols = (tl.load(ptr + offs, mask=mask_d, other=0.0).to(tl.float32),)
+    """N_PAD (BLOCK_D,) fp32 vectors ptr[offs + n * n_stride] for n < N_PAD, zero for n >= N (N may be a vector)."""
+    cols = (tl.load(ptr + offs, mask=mask_d & (0 < N), other=0.0).to(tl.float32),)
     for n in tl.static_range(1, N_PAD):
         cols = cols + (tl.load(ptr + offs + n * n_stride, mask=mask_d & (n < N), other=0.0).to(tl.float32),)
     return cols
@@ -324,6 +324,26 @@ def _columns(ptr, offs, n_stride, N, mask_d, N_PAD: tl.constexpr):
 def _store_columns(ptr, offs, n_stride, cols, N, mask_d, N_PAD: tl.constexpr):
     for n in tl.static_range(N_PAD):
         tl.store(ptr + offs + n * n_stride, cols[n], mask=mask_d & (n < N))
+
+
+@triton.jit
+def _pack16(lo, hi):
+    """Two 16-bit vectors of one shape as one uint32 vector: lo's bits low, hi's high."""
+    lo_bits = lo.to(tl.uint16, bitcast=True).to(tl.uint32)
+    hi_bits = hi.to(tl.uint16, bitcast=True).to(tl.uint32)
+    return lo_bits | (hi_bits << 16)
+
+
+@triton.jit
+def _unpack16(words, dtype: tl.constexpr):
+    """The (low, high) halves of `_pack16`'s words as fp32, each read as `dtype` (bf16: a shift or a mask)."""
+    if dtype == tl.bfloat16:  # a bf16 is the top half of the fp32 of the same value
+        lo = (words << 16).to(tl.float32, bitcast=True)
+        hi = (words & 0xFFFF0000).to(tl.float32, bitcast=True)
+    else:
+        lo = (words & 0xFFFF).to(tl.uint16).to(dtype, bitcast=True).to(tl.float32)
+        hi = (words >> 16).to(tl.uint16).to(dtype, bitcast=True).to(tl.float32)
+    return lo, hi
 
 
 @triton.jit
@@ -375,71 +395,79 @@ def _fwd_seq_program(
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REVERSE: tl.constexpr,
     STATE_ONLY: tl.constexpr, SEG_MODE: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CKPT_T: tl.constexpr, SEQ_STAGES: tl.constexpr,
+    SEQ_AHEAD: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Forward scan of one (batch row, channel tile, segment), one time step per loop iteration.
 
-    Each state n of the BLOCK_D channels is its own (BLOCK_D,) register vector (a tuple of N_PAD of them, the loop
-    over states unrolled), so every per-channel value -- u, dt, z, y, the state of each n -- has one layout and no
-    step moves data between threads. Per step and state:
+    Each lane keeps its states in registers: N_PAD / SPLIT of them, as a tuple of (LANES,) vectors with the loop over
+    states unrolled, where LANES = BLOCK_D * SPLIT and lane l holds channel l // SPLIT's states from
+    (l % SPLIT) * N_PAD / SPLIT on. Per step and state:
 
         h_n = exp2(dt * A_n * log2(e)) * h_n + (dt * u) * B_n[t]     y += h_n * C_n[t]
 
-    with B[t] and C[t] loaded once per step for the whole channel tile and handed to each channel by a gather (one
-    shuffle per state inside a one-warp program; wider programs gather through shared memory, which the plan avoids).
-    There is no scan, no carry taken
-    out of a tile and no cross-lane reduction, which are the fixed costs of `_fwd_program` per tile and state; what
-    remains is one FMA of dependency per step. That wins for short rows, of which there are many (Vim at 224 px:
-    L = 197, batch x dim = 49152 rows), and loses for long ones (few programs, per-step latency). The unrolled
-    states bound N_PAD (the plan uses it for N <= 16 by default). Outputs are `_fwd_program`'s: out, the state
-    entering every CKPT_T-step interval in scan order (the checkpoints the shared backward starts from), segment
-    states (STATE_ONLY) and the last state.
+    then the SPLIT lanes of a channel sum their parts of y (butterfly shuffles), and the first writes it. B[t] and
+    C[t] are loaded once per step for the whole program and handed to each lane by a gather: a shuffle per state in a
+    one-warp program, shared memory in wider ones. Splitting a channel's states over lanes doubles or quadruples the
+    programs' warps for the cost of per-channel work done on every lane of the channel; that, and wider programs that
+    share each step's B/C load, is what the plan's rows pick by measurement (scan_plan.TILE_PLANS).
+    There is no scan, no carry taken out of a tile, and no cross-lane reduction beyond the SPLIT lanes, which are the
+    fixed costs of `_fwd_program` per tile and state; what remains is one FMA of dependency per step. That wins for
+    short rows, of which there are many (Vim at 224 px: L = 197, batch x dim = 49152 rows), and loses for long ones
+    (few programs, per-step latency). The unrolled states bound N_PAD (the plan uses it for N <= 16 by default).
+    Outputs are `_fwd_program`'s: out, the state entering every CKPT_T-step interval in scan order (the checkpoints
+    the shared backward starts from), segment states (STATE_ONLY) and the last state.
     """
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b = pid // N_DTILES
     dtile = pid % N_DTILES
-    offs_d = dtile * BLOCK_D + tl.arange(0, BLOCK_D)
+    LANES: tl.constexpr = BLOCK_D * SPLIT
+    NH: tl.constexpr = N_PAD // SPLIT  # states per lane
+    lane = tl.arange(0, LANES)
+    offs_d = dtile * BLOCK_D + lane // SPLIT
     mask_d = offs_d < DIM
+    n0 = (lane % SPLIT) * NH  # the lane's first state
+    n_left = N - n0  # its states n < n_left exist
     grp_b = (dtile * BLOCK_D) // GROUP_B  # a channel tile never straddles groups
     grp_c = (dtile * BLOCK_D) // GROUP_C
     seg_start = seg * SEG_LEN
     seg_stop = tl.minimum(seg_start + SEG_LEN, L)
-    state_row = (b * DIM + offs_d) * N  # (batch, dim, N) states: h0, last
+    state_row = (b * DIM + offs_d) * N + n0  # (batch, dim, N) states: h0, last
 
-    zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    hs = (zero,) * N_PAD
+    zero = tl.zeros((LANES,), dtype=tl.float32)
+    hs = (zero,) * NH
     if not STATE_ONLY:
         if HAS_H0:
-            hs = _columns(h0_ptr, state_row, 1, N, mask_d, N_PAD)
+            hs = _columns(h0_ptr, state_row, 1, n_left, mask_d, NH)
         if SEG_MODE == 1:  # fold the segments that precede this one in scan order (see _segment_entry)
             for i in range(N_SEG):
                 s, precedes = _preceding_segment(i, N_SEG, seg, REVERSE)
                 if precedes:
-                    seg_row = ((b * N_SEG + s) * DIM + offs_d) * N
-                    h_s = _columns(seg_h_ptr, seg_row, 1, N, mask_d, N_PAD)
-                    p_s = _columns(seg_p_ptr, seg_row, 1, N, mask_d, N_PAD)
-                    for n in tl.static_range(N_PAD):
+                    seg_row = ((b * N_SEG + s) * DIM + offs_d) * N + n0
+                    h_s = _columns(seg_h_ptr, seg_row, 1, n_left, mask_d, NH)
+                    p_s = _columns(seg_p_ptr, seg_row, 1, n_left, mask_d, NH)
+                    for n in tl.static_range(NH):
                         hs = _with(hs, n, h_s[n] + p_s[n] * hs[n])
-    a_cols = _columns(A_ptr, offs_d * s_ad, s_an, N, mask_d, N_PAD)  # A[:, n]; exp2 takes dt * log2(e)
+    a_cols = _columns(A_ptr, offs_d * s_ad + n0 * s_an, s_an, n_left, mask_d, NH)  # exp2 takes dt * log2(e)
     if HAS_D:
         d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if not B_VAR:  # time-invariant (dim, N): loaded once
-        b_cols = _columns(B_ptr, offs_d * s_b1, s_b2, N, mask_d, N_PAD)
+        b_cols = _columns(B_ptr, offs_d * s_b1 + n0 * s_b2, s_b2, n_left, mask_d, NH)
     if not C_VAR:
-        c_cols = _columns(C_ptr, offs_d * s_c1, s_c2, N, mask_d, N_PAD)
+        c_cols = _columns(C_ptr, offs_d * s_c1 + n0 * s_c2, s_c2, n_left, mask_d, NH)
     u_row = u_ptr + b * s_ub + offs_d * s_ud
     dt_row = dt_ptr + b * s_tb + offs_d * s_td
     z_row = z_ptr + b * s_zb + offs_d * s_zd
     o_row = out_ptr + b * s_ob + offs_d * s_od
     b_row = B_ptr + b * s_b0 + grp_b * s_b1
     c_row = C_ptr + b * s_c0 + grp_c * s_c1
-    ck_row = (b * DIM + offs_d) * N_TILES * N  # (batch, dim, n_tiles, N) checkpoints
+    ck_row = (b * DIM + offs_d) * N_TILES * N + n0  # (batch, dim, n_tiles, N) checkpoints
     dt_sum = zero
 
-    # The loads of a step are issued one step ahead, into registers, so that their latency (L1, or L2 for a third of
-    # them) overlaps the previous step's arithmetic instead of stalling the step that needs them. (Triton's own
+    # The loads of a step are issued SEQ_AHEAD steps ahead, into registers, so that their latency (L1, or L2 for a
+    # third of them) overlaps earlier steps' arithmetic instead of stalling the step that needs them. (Triton's own
     # pipelining of this loop, SEQ_STAGES, did not pay: session 9.)
     SHARED_BC: tl.constexpr = B_VAR and C_VAR and B_ptr.dtype == C_ptr.dtype
     if SHARED_BC:  # B's N_PAD values, then C's: where C's start in the (2 N_PAD,) vector
@@ -448,24 +476,30 @@ def _fwd_seq_program(
         c_first = 0
     n_steps = seg_stop - seg_start
     if REVERSE:
-        t_next = seg_stop - 1
+        t = seg_stop - 1
+        t_step = -1
     else:
-        t_next = seg_start
+        t = seg_start
+        t_step = 1
     LOAD_Z: tl.constexpr = HAS_Z and not STATE_ONLY  # a state-only pass writes no output: no z, no C
     LOAD_C: tl.constexpr = C_VAR and not STATE_ONLY
-    u_next, dt_next, z_next, b_next, c_next = _seq_loads(
-        u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, n_steps > 0, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2, s_c3, N,
-        LOAD_Z, B_VAR, LOAD_C, SHARED_BC, N_PAD)
+    # B[t] and C[t] of 16-bit types travel as one 32-bit word per state (B low, C high), so one gather per state
+    # hands both to every lane (`_unpack16`). ncu, session 16, (64, 768, 197, 16), 32 channels on one warp: the step
+    # loop stalled mostly on the short scoreboard (shuffles and exp2) with 32 shuffles per step; packed, 16, and the
+    # short-scoreboard samples halved (16,294 -> 8,486), for a forward 1-2 % faster (the stalls moved to the loads).
+    PACK_BC: tl.constexpr = SHARED_BC and LOAD_C and B_ptr.dtype.element_ty.primitive_bitwidth == 16
+    ONE_BC_LOAD: tl.constexpr = SHARED_BC and not PACK_BC
+    # `ahead` holds the loads in flight, the nearest step's first: step i + SEQ_AHEAD's are issued when step i starts.
+    ahead = ()
+    for k in tl.static_range(SEQ_AHEAD):
+        ahead = ahead + (_seq_loads(
+            u_row, dt_row, z_row, b_row, c_row, t + k * t_step, mask_d, k < n_steps, s_ut, s_tt, s_zt, s_b2, s_b3,
+            s_c2, s_c3, N, LOAD_Z, B_VAR, LOAD_C, ONE_BC_LOAD, N_PAD),)
     for i in tl.range(0, n_steps, num_stages=SEQ_STAGES):
-        t = t_next
-        u_raw, dt_raw, z_raw, b_raw, c_raw = u_next, dt_next, z_next, b_next, c_next
-        if REVERSE:
-            t_next = t - 1
-        else:
-            t_next = t + 1
-        u_next, dt_next, z_next, b_next, c_next = _seq_loads(
-            u_row, dt_row, z_row, b_row, c_row, t_next, mask_d, i + 1 < n_steps, s_ut, s_tt, s_zt, s_b2, s_b3, s_c2,
-            s_c3, N, LOAD_Z, B_VAR, LOAD_C, SHARED_BC, N_PAD)
+        u_raw, dt_raw, z_raw, b_raw, c_raw = ahead[0]
+        ahead = ahead[1:] + (_seq_loads(
+            u_row, dt_row, z_row, b_row, c_row, t + SEQ_AHEAD * t_step, mask_d, i + SEQ_AHEAD < n_steps, s_ut, s_tt,
+            s_zt, s_b2, s_b3, s_c2, s_c3, N, LOAD_Z, B_VAR, LOAD_C, ONE_BC_LOAD, N_PAD),)
         if not STATE_ONLY:
             # A checkpoint holds the state entering a CKPT_T-step interval in scan order: before its first step
             # (forward) or its last (reverse; the last interval may end at L). Segments hold whole intervals.
@@ -474,7 +508,7 @@ def _fwd_seq_program(
             else:
                 entering = t % CKPT_T == 0
             if entering:
-                _store_columns(ckpt_ptr, ck_row + (t // CKPT_T) * N, 1, hs, N, mask_d, N_PAD)
+                _store_columns(ckpt_ptr, ck_row + (t // CKPT_T) * N, 1, hs, n_left, mask_d, NH)
         u = u_raw.to(tl.float32)
         dt = dt_raw.to(tl.float32)
         if HAS_BIAS:
@@ -484,38 +518,52 @@ def _fwd_seq_program(
         dt_sum += dt
         dtu = dt * u
         dt2 = dt * LOG2E
-        b_vec = b_raw.to(tl.float32)
-        c_vec = c_raw.to(tl.float32)
+        if PACK_BC:
+            bc_words = _pack16(b_raw, c_raw)
+        else:
+            b_vec = b_raw.to(tl.float32)
+            c_vec = c_raw.to(tl.float32)
         y = zero
-        for n in tl.static_range(N_PAD):
-            if B_VAR:
-                b_n = tl.gather(b_vec, tl.full((BLOCK_D,), n, tl.int32), 0)
+        for n in tl.static_range(NH):
+            if PACK_BC:
+                b_n, c_n = _unpack16(tl.gather(bc_words, n0 + n, 0), B_ptr.dtype.element_ty)
+            elif B_VAR:
+                b_n = tl.gather(b_vec, n0 + n, 0)
             else:
                 b_n = b_cols[n]
             h = tl.exp2(dt2 * a_cols[n]) * hs[n] + dtu * b_n
             hs = _with(hs, n, h)
             if not STATE_ONLY:
-                if C_VAR:
-                    c_n = tl.gather(c_vec, tl.full((BLOCK_D,), c_first + n, tl.int32), 0)
-                else:
-                    c_n = c_cols[n]
+                if not PACK_BC:  # (packed: c_n came with b_n)
+                    if C_VAR:
+                        c_n = tl.gather(c_vec, n0 + (c_first + n), 0)
+                    else:
+                        c_n = c_cols[n]
                 y += h * c_n
         if not STATE_ONLY:
+            # the lanes of a channel sum their parts (butterflies: every lane ends with the same bits)
+            if SPLIT >= 2:
+                y += tl.gather(y, lane ^ 1, 0)
+            if SPLIT >= 4:
+                y += tl.gather(y, lane ^ 2, 0)
+            if SPLIT >= 8:
+                y += tl.gather(y, lane ^ 4, 0)
             if HAS_D:
                 y += d_skip * u
             if HAS_Z:
                 zv = z_raw.to(tl.float32)
                 y = y * zv * tl.sigmoid(zv)
-            tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(o_row + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=mask_d & (n0 == 0))
+        t += t_step
 
     if STATE_ONLY:
-        seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N
-        _store_columns(seg_h_ptr, seg_row, 1, hs, N, mask_d, N_PAD)
-        for n in tl.static_range(N_PAD):
-            tl.store(seg_p_ptr + seg_row + n, tl.exp2(a_cols[n] * LOG2E * dt_sum), mask=mask_d & (n < N))
+        seg_row = ((b * N_SEG + seg) * DIM + offs_d) * N + n0
+        _store_columns(seg_h_ptr, seg_row, 1, hs, n_left, mask_d, NH)
+        for n in tl.static_range(NH):
+            tl.store(seg_p_ptr + seg_row + n, tl.exp2(a_cols[n] * LOG2E * dt_sum), mask=mask_d & (n < n_left))
     else:
         if _is_last_segment(seg, N_SEG, REVERSE):
-            _store_columns(last_ptr, state_row, 1, hs, N, mask_d, N_PAD)
+            _store_columns(last_ptr, state_row, 1, hs, n_left, mask_d, NH)
 
 
 @triton.jit
@@ -529,7 +577,7 @@ def _fwd_route(
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     UNROLL_N: tl.constexpr, GATHER_FLIP: tl.constexpr, CKPT_T: tl.constexpr, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D,
     dir_bias, dir_state, dir_out, dir_ckpt, dir_seg, col_u, REVERSE: tl.constexpr, COL_SCALE: tl.constexpr,
-    SEQUENTIAL: tl.constexpr, SEQ_STAGES: tl.constexpr,
+    SEQUENTIAL: tl.constexpr, SEQ_STAGES: tl.constexpr, SEQ_AHEAD: tl.constexpr, SEQ_SPLIT: tl.constexpr,
 ):
     """A direction of a multi-direction launch: its tensors start k * dir_* elements after direction 0's, where k is
     the direction's index times DIR_SCALE (16 when every offset is a multiple of 16 elements, so that the compiler
@@ -545,7 +593,7 @@ def _fwd_route(
             N, GROUP_B, GROUP_C, SEG_LEN, N_SEG, N_DTILES, N_TILES, s_ub, s_ud, s_ut, s_tb, s_td, s_tt,
             s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D,
             HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, REVERSE, STATE_ONLY, SEG_MODE,
-            BLOCK_D, N_PAD, CKPT_T, SEQ_STAGES,
+            BLOCK_D, N_PAD, CKPT_T, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
         )
     else:
         _fwd_program(
@@ -575,7 +623,7 @@ def selective_scan_fwd_kernel(
     dir_B: tl.int64, dir_C: tl.int64, dir_D: tl.int64, dir_bias: tl.int64, dir_state: tl.int64, dir_out: tl.int64,
     dir_ckpt: tl.int64, dir_seg: tl.int64, col_u: tl.int64,
     DIRECTIONS: tl.constexpr, REVERSE: tl.constexpr, DIR_SCALE: tl.constexpr, SEQUENTIAL: tl.constexpr,
-    SEQ_STAGES: tl.constexpr,
+    SEQ_STAGES: tl.constexpr, SEQ_AHEAD: tl.constexpr, SEQ_SPLIT: tl.constexpr,
 ):
     """Forward launch: grid (batch x channel tiles, segments, DIRECTIONS). DIRECTIONS 1: one scan (REVERSE
     chooses its order); 2: a forward and a reverse scan, each with its own tensors; 4: the four routes of a
@@ -588,7 +636,7 @@ def selective_scan_fwd_kernel(
             s_ud, s_ut, s_tb, s_td, s_tt, s_zb, s_zd, s_zt, s_ob, s_od, s_ot, s_ad, s_an, s_b0, s_b1, s_b2, s_b3, s_c0,
             s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR, STATE_ONLY, SEG_MODE,
             BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias,
-            dir_state, dir_out, dir_ckpt, dir_seg, 0, REVERSE, 0, SEQUENTIAL, SEQ_STAGES,
+            dir_state, dir_out, dir_ckpt, dir_seg, 0, REVERSE, 0, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
         )
     else:
         k = tl.program_id(2)
@@ -601,7 +649,7 @@ def selective_scan_fwd_kernel(
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
             else:
                 _fwd_route(
@@ -611,7 +659,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
         else:  # 2D map: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
             if k == 0:
@@ -622,7 +670,7 @@ def selective_scan_fwd_kernel(
                     s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS, B_VAR, C_VAR,
                     STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP, CKPT_T, dir_u,
                     dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, 0, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
             elif k == 1:
                 _fwd_route(
@@ -632,7 +680,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, False, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
+                    col_u, False, DIR_SCALE, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
             elif k == 2:
                 _fwd_route(
@@ -642,7 +690,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, 0, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
             else:
                 _fwd_route(
@@ -652,7 +700,7 @@ def selective_scan_fwd_kernel(
                     s_an, s_b0, s_b1, s_b2, s_b3, s_c0, s_c1, s_c2, s_c3, HAS_D, HAS_Z, HAS_BIAS, HAS_H0, SOFTPLUS,
                     B_VAR, C_VAR, STATE_ONLY, SEG_MODE, BLOCK_D, BLOCK_T, N_PAD, UNROLL_N, GATHER_FLIP,
                     CKPT_T, dir_u, dir_dt, dir_A, dir_B, dir_C, dir_D, dir_bias, dir_state, dir_out, dir_ckpt, dir_seg,
-                    col_u, True, DIR_SCALE, SEQUENTIAL, SEQ_STAGES,
+                    col_u, True, DIR_SCALE, SEQUENTIAL, SEQ_STAGES, SEQ_AHEAD, SEQ_SPLIT,
                 )
 
 

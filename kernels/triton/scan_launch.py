@@ -243,7 +243,8 @@ def launch_forward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, 
     meta = dict(_flags(first, z, softplus, b_var, c_var), BLOCK_D=tile.block_d,
                 BLOCK_T=tile.block_t, N_PAD=plan.n_pad, DIRECTIONS=k_dirs, REVERSE=reverse, **_tile_options(tile),
                 UNROLL_N=plan.fwd_unroll, GATHER_FLIP=_gather_flip(tile), CKPT_T=plan.ckpt_len,
-                SEQUENTIAL=plan.fwd_sequential, SEQ_STAGES=plan.fwd_stages)
+                SEQUENTIAL=plan.fwd_sequential, SEQ_STAGES=plan.fwd_stages,
+                SEQ_AHEAD=plan.fwd_seq_ahead, SEQ_SPLIT=plan.fwd_seq_split)
     dummy = out  # placeholder pointer for absent optional tensors (never read: the flag is off)
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]

@@ -30,7 +30,7 @@ from .host import env_reader
 # memory and a barrier each).
 TILE_PLANS = (
     # (max L, max rows or None, forward (T, D, W[, max_regs]), backward (T, D, W[, max_regs]), forward UNROLL,
-    #  sequential forward (D, W, S) or None, backward loads one state ahead (BWD_PREFETCH))
+    #  sequential forward (D, W, S[, SPLIT, AHEAD]) or None, backward loads one state ahead (BWD_PREFETCH))
     # short sequences (Vim at 224 px: L = 197), session 6 at (64, 768, 197, 16): fwd / fwd+bwd 0.577 / 1.941 ms,
     # against 0.580 / 2.131 with the session-3 tiles 128:4:1 / 128:4:1. Session 7 (one H200 call):
     # capping both kernels at 128 registers (16 resident warps per SM instead of 12) gave 0.518 / 1.751 ms against
@@ -39,7 +39,11 @@ TILE_PLANS = (
     # 1.563 ms against 1.677 for 64 x 2 / 128 (32 x 2 / 128: 1.688; 128 x 2: 1.783; 64 x 4: 1.872); its checkpoints
     # every 32 steps cost 9 MiB more (104 MiB peak against mamba-ssm's 101), paid for by no longer allocating dh0
     # without an initial state and by one atomic dA sum instead of per-batch partials (3 MiB each).
-    (256, None, (128, 2, 1, 128), (32, 4, 1, 168), 1, (32, 1, 1), False),
+    # Session 16 (one H200 call each, forward kernel us at (64, 768, 197, 16), step by step D:W x lanes per channel):
+    # 32:1 x 1 (the row until then) 333-338; 64:4 x 2 267-272; 128:8 x 2 276; 32:2 x 2 327-331; 16:1 x 2 384-387;
+    # 8:1 x 4 337; 4:1 x 8 365; 32:4 x 4 348; 64:8 x 4 378; 64:2 x 1 325-327; 128:4 x 1 317; 64:4 x 2 with the loads
+    # two steps ahead 315.
+    (256, None, (128, 2, 1, 128), (32, 4, 1, 168), 1, (64, 4, 1, 2, 1), False),
     # mid lengths, session 6: 0.994 / 4.205 ms at (8, 3072, 2048, 16) and 0.553 / 2.117 at (8, 768, 4096, 16),
     # against 0.833 / 5.460 and 0.477 / 2.935 with the session-3 backward tile 1024:2:4
     (16384, None, (1024, 1, 1), (256, 2, 1), 4, None, False),
@@ -59,7 +63,11 @@ TILE_PLANS = (
 MULTI_DIRECTION_PLANS = (
     # fused bidirectional (64, 768, 197, 16): 4.100 / 4.194 ms, but 203 / 179 MiB peak (two calls of mamba-ssm: 200);
     # session 9 (same call), tiled / step-by-step forward: fwd 1.115 / 1.031 ms, fwd+bwd 4.140 / 4.056
-    (256, None, (128, 4, 1), (128, 2, 1, 128), 1, (32, 1, 1), False),
+    # Session 16 (calls 3-6, `bench bidir` fused fwd / fwd+bwd ms, step by step D:W x lanes per channel, loads ahead):
+    # 32:1 x 1 ahead 1 (the row until then) 0.91-0.95 / 3.33-3.40, ahead 3 0.81-0.82 / 3.26-3.27; 8:1 x 4 ahead 3
+    # 0.522-0.524 / 2.97 (ahead 1 / 2: 0.541 / 0.534); 16:1 x 2 0.638; 4:1 x 8 0.747; 16:2 x 4 0.595; 32:4 x 4 0.566;
+    # 64:4 x 2 0.596; 64:8 x 4 0.594 (all ahead 3).
+    (256, None, (128, 4, 1), (128, 2, 1, 128), 1, (8, 1, 1, 4, 3), False),
     # 2D cross-scan (64, 192, 56, 56, 16): 41.07 ms with the session-3 backward tile 1024:2:4 against 31.83 with this
     # one; (64, 384, 28, 28, 1): 5.31 against 4.16; (64, 192, 56, 56, 1): 8.09 against 8.49
     (16384, None, (1024, 1, 1), (256, 2, 1), 1, None, False),
@@ -99,7 +107,9 @@ class LaunchPlan:
     fwd / bwd: the two kernels' tiles (one's block_t divides the other's). fwd_unroll: unroll factor of the forward's
     loop over states. fwd_sequential: the forward runs step by step (block_d channels on num_warps warps, its loop
     over steps pipelined fwd_stages stages; its block_t is the backward's; a tiled forward pipelines its loop over
-    states fwd_stages stages). bwd_shift_a: a one-warp backward takes a_{t+1} from a by a gather, not a second exp2.
+    states fwd_stages stages; step by step, fwd_seq_split lanes share each channel's states and every step's loads
+    are issued fwd_seq_ahead steps before it). bwd_shift_a: a one-warp backward takes a_{t+1} from a by a gather, not
+    a second exp2.
     bwd_prefetch: the backward issues each state's loads during the state before it (see BWD_PREFETCH_NOTE).
     The forward checkpoints the state every ckpt_len = min(fwd, bwd block_t) steps: n_tiles checkpoints per row,
     ckpt_ratio = bwd.block_t / ckpt_len per backward tile. Segments of seg_len steps (a multiple of both tiles) run
@@ -113,6 +123,8 @@ class LaunchPlan:
     fwd_stages: int
     bwd_shift_a: bool
     bwd_prefetch: bool
+    fwd_seq_ahead: int
+    fwd_seq_split: int
     ckpt_len: int
     ckpt_ratio: int
     n_tiles: int
@@ -158,8 +170,8 @@ def _next_pow2(n: int) -> int:
 
 _TILE_ENV = tuple(f"MAMBASUITE_SCAN_{k}" for k in (
     "BLOCK_T", "BLOCK_D", "WARPS", "MAXNREG", "BWD_BLOCK_T", "BWD_BLOCK_D", "BWD_WARPS", "BWD_MAXNREG", "FWD_UNROLL",
-    "PROGRAMS", "SEQ", "SHIFT_A", "FWD_STAGES", "BWD_PREFETCH"))
-_SEQ, _SHIFT_A, _FWD_STAGES, _BWD_PREFETCH = 10, 11, 12, 13  # positions of the non-tile overrides in _TILE_ENV
+    "PROGRAMS", "SEQ", "SHIFT_A", "FWD_STAGES", "BWD_PREFETCH", "SEQ_AHEAD", "SEQ_SPLIT"))
+_SEQ, _SHIFT_A, _FWD_STAGES, _BWD_PREFETCH, _SEQ_AHEAD, _SEQ_SPLIT = 10, 11, 12, 13, 14, 15  # non-tile overrides
 _SEQ_ENV = _TILE_ENV[_SEQ]
 _read_overrides = env_reader(*_TILE_ENV)
 # One-warp backward tiles take a_{t+1} as a shifted a (a gather inside the warp) instead of a second exp2 per element;
@@ -182,6 +194,8 @@ BWD_SHIFT_A = True
 # before). The backward's loop over states pipelined 2 stages was slower everywhere (1.46 -> 2.69 ms at L = 197).
 TILED_FWD_STAGES = 2
 FOUR_ROUTE_FWD = (4, 2)  # the 2D routes' forward (unroll, stages), replacing their plan row's (see above)
+SEQ_MAX_AHEAD = 4  # MAMBASUITE_SCAN_SEQ_AHEAD: the step-by-step forward's loads issued 1 to this many steps ahead
+SEQ_SPLITS = (1, 2, 4, 8)  # MAMBASUITE_SCAN_SEQ_SPLIT: lanes per channel of the step-by-step forward
 SEQ_DEFAULT_MAX_STATES = 16  # plan rows with a sequential forward use it up to this d_state
 SEQ_MAX_STATES = 64  # and MAMBASUITE_SCAN_SEQ up to this one (unrolled code grows with N)
 
@@ -212,6 +226,26 @@ def _env_sequential(value: str | None, default: tuple[int, int, int] | None) -> 
     return block_d, warps, stages
 
 
+def _seq_split_and_ahead(seq: tuple[int, ...] | None, overrides: tuple[str | None, ...], d_state: int
+                         ) -> tuple[int, int]:
+    """The step-by-step forward's lanes per channel and loads-ahead: the plan row's (fields 4 and 5 of its sequential
+    entry; an entry set through MAMBASUITE_SCAN_SEQ has neither: 1 and 1), unless MAMBASUITE_SCAN_SEQ_SPLIT /
+    _SEQ_AHEAD set them. A row's split is capped at d_state's power of two; an override above it is refused."""
+    n_pad = max(2, _next_pow2(d_state))
+    split, ahead = (*(seq or ()), 1, 1, 1, 1, 1)[3:5]
+    split = min(split, n_pad)
+    if overrides[_SEQ_SPLIT]:
+        split = int(overrides[_SEQ_SPLIT])
+        if split not in SEQ_SPLITS or split > n_pad:
+            raise ValueError(f"{_TILE_ENV[_SEQ_SPLIT]}={overrides[_SEQ_SPLIT]!r}: expected one of {SEQ_SPLITS} lanes "
+                             f"per channel, at most d_state rounded up to a power of two ({n_pad})")
+    if overrides[_SEQ_AHEAD]:
+        ahead = int(overrides[_SEQ_AHEAD])
+        if not 1 <= ahead <= SEQ_MAX_AHEAD:
+            raise ValueError(f"{_TILE_ENV[_SEQ_AHEAD]}={overrides[_SEQ_AHEAD]!r}: expected 1 to {SEQ_MAX_AHEAD} steps")
+    return split, ahead
+
+
 def _env_switch(overrides: tuple[str | None, ...], index: int, meaning: str) -> bool | None:
     """A 0/1 override of `_TILE_ENV[index]` as a bool, None when unset; any other value is refused by name."""
     value = overrides[index]
@@ -232,7 +266,8 @@ def plan_launch(batch: int, dim: int, length: int, d_state: int, groups: int, de
     MAMBASUITE_SCAN_FWD_UNROLL the forward's unroll factor, MAMBASUITE_SCAN_PROGRAMS the backward programs below
     which long rows are split into segments, MAMBASUITE_SCAN_SEQ the step-by-step forward ("0": tiled; "D:W[:S]"),
     MAMBASUITE_SCAN_SHIFT_A the backward's a_{t+1} (0: a second exp2; 1: a shift), MAMBASUITE_SCAN_FWD_STAGES the
-    tiled forward's pipeline stages, MAMBASUITE_SCAN_BWD_PREFETCH the backward's loads one state ahead (0 / 1);
+    tiled forward's pipeline stages, MAMBASUITE_SCAN_BWD_PREFETCH the backward's loads one state ahead (0 / 1),
+    MAMBASUITE_SCAN_SEQ_SPLIT / _SEQ_AHEAD the step-by-step forward's lanes per channel and loads ahead;
     `mamba-suite bench scan --configs` sweeps them. `directions` scans run in the same launch (bidirectional: 2,
     2D routes: 4), so fewer segments are needed to fill the GPU.
     """
@@ -262,6 +297,9 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
     if seq is not None and d_state > SEQ_MAX_STATES:
         raise ValueError(f"{_SEQ_ENV}={overrides[_SEQ]!r}: the step-by-step forward unrolls its states and takes "
                          f"d_state <= {SEQ_MAX_STATES}, got {d_state}")
+    seq_split, seq_ahead = _seq_split_and_ahead(seq, overrides, d_state)
+    if seq is not None:
+        seq = seq[:3]
     fwd_t, fwd_d, fwd_w, fwd_r = _env_tile(overrides[:4], fwd_default)
     bwd_t, bwd_d, bwd_w, bwd_r = _env_tile(overrides[4:8], (fwd_t, fwd_d, fwd_w, fwd_r) if env_fwd else bwd_default)
     unroll = int(overrides[8] or 0) or unroll
@@ -300,7 +338,8 @@ def _plan(batch: int, dim: int, length: int, d_state: int, groups: int, device: 
         bwd=KernelTile(bwd_t, bwd_d, bwd_w, -(-dim // bwd_d), bwd_r),
         fwd_unroll=unroll, fwd_sequential=seq is not None, fwd_stages=fwd_stages,
         bwd_shift_a=bwd_w == 1 and (BWD_SHIFT_A if shift_a is None else shift_a),
-        bwd_prefetch=prefetch if prefetch_env is None else prefetch_env,
+        bwd_prefetch=prefetch if prefetch_env is None else prefetch_env, fwd_seq_ahead=seq_ahead,
+        fwd_seq_split=seq_split,
         ckpt_len=ckpt_len, ckpt_ratio=bwd_t // ckpt_len, n_tiles=n_tiles,
         seg_len=seg_units * unit, n_seg=n_seg,
         n_pad=max(2, _next_pow2(d_state)))

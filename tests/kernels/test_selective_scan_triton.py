@@ -176,7 +176,7 @@ def test_sequential_forward_plan_and_overrides(monkeypatch):
     device = torch.device(DEVICE)
     short = triton_scan.plan_launch(2, 8, 197, 4, 1, device)
     assert short.fwd_sequential and short.ckpt_len == short.bwd.block_t == short.fwd.block_t == 32
-    assert (short.fwd.block_d, short.fwd.num_warps, short.fwd_stages, short.fwd.n_dtiles) == (32, 1, 1, 1)
+    assert (short.fwd.block_d, short.fwd.num_warps, short.fwd_stages, short.fwd.n_dtiles) == (64, 4, 1, 1)
     assert triton_scan.plan_launch(2, 8, 197, 4, 1, device, directions=2).fwd_sequential
     assert not triton_scan.plan_launch(2, 8, 197, 32, 1, device).fwd_sequential  # states unrolled: N <= 16 only
     assert not triton_scan.plan_launch(2, 8, 2048, 4, 1, device).fwd_sequential
@@ -224,6 +224,96 @@ def test_sequential_forward_matches_float64_loop(monkeypatch, length, form, reve
     plan = triton_scan.plan_launch(2, 8, length, 4, 2 if form == "grouped" else 1, torch.device(DEVICE))
     assert plan.fwd_sequential == (seq != "0") and plan.n_seg == (1 if seg is None else -(-length // seg))
     _compare(_inputs(2, 8, length, 4, form, groups=2, h0=True, seed=length + 7), reverse=reverse)
+
+
+@pytest.mark.parametrize("dtype,reverse", [(torch.bfloat16, False), (torch.float16, True)])
+def test_sequential_forward_hands_half_b_c_over_exactly(dtype, reverse):
+    """16-bit B and C reach every channel of the step-by-step forward packed two to a 32-bit word (one shuffle per
+    state for both). Unpacked they must be the exact fp32 values, in their places: the outputs equal those of the same
+    B and C given as fp32 (unpacked path), bitwise under the interpreter. Swapped halves, or a half read as the wrong
+    type, would differ by far more."""
+    assert triton_scan.plan_launch(2, 8, 45, 4, 1, torch.device(DEVICE)).fwd_sequential
+    inp = {k: v for k, v in _inputs(2, 8, 45, 4, "variable", seed=11).items() if v is not None}
+    half = dict(inp, B=inp["B"].to(dtype), C=inp["C"].to(dtype))
+    wide = dict(inp, B=half["B"].float(), C=half["C"].float())
+    outs = [selective_scan(**x, delta_softplus=True, return_last_state=True, reverse=reverse, backend="triton")
+            for x in (half, wide)]
+    tol = 0.0 if DEVICE == "cpu" else 1e-6
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("ahead,length,reverse,seg", [
+    ("2", 1, False, None),   # a row shorter than the loads in flight
+    ("3", 2, True, None),
+    ("3", 75, False, 32),    # segments: each pass starts its own loads ahead
+    ("4", 45, True, 32),
+])
+def test_sequential_forward_loads_steps_ahead(monkeypatch, ahead, length, reverse, seg):
+    """The step-by-step forward with each step's loads issued 2-4 steps before it: every output and gradient matches
+    the float64 loop, rows shorter than the loads in flight included (their extra loads are masked off)."""
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_AHEAD", ahead)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    plan = triton_scan.plan_launch(2, 8, length, 4, 1, torch.device(DEVICE))
+    assert plan.fwd_sequential and plan.fwd_seq_ahead == int(ahead)
+    _compare(_inputs(2, 8, length, 4, "variable", h0=True, seed=length + 3), reverse=reverse)
+
+
+def test_seq_split_and_ahead_from_the_plan_rows_and_overrides(monkeypatch):
+    """The short rows' step-by-step forward takes its lanes per channel and loads-ahead from the plan row (single:
+    64 channels on 4 warps, 2 lanes each, loads 1 step ahead; bidirectional: 8 on 1 warp, 4 lanes, 3 ahead), caps the
+    split at d_state's power of two, drops both with a tile set through MAMBASUITE_SCAN_SEQ, and honours
+    MAMBASUITE_SCAN_SEQ_SPLIT / _SEQ_AHEAD over either."""
+    device = torch.device(DEVICE)
+
+    def seq(d_state=16, directions=1):
+        p = triton_scan.plan_launch(2, 768, 197, d_state, 1, device, directions=directions)
+        return p.fwd.block_d, p.fwd.num_warps, p.fwd_seq_split, p.fwd_seq_ahead
+
+    assert seq() == (64, 4, 2, 1)
+    assert seq(directions=2) == (8, 1, 4, 3)
+    assert seq(d_state=1, directions=2) == (8, 1, 2, 3)  # 2 states padded: at most 2 lanes
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", "32:1")
+    assert seq() == (32, 1, 1, 1)
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_SPLIT", "4")
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_AHEAD", "2")
+    assert seq() == (32, 1, 4, 2)
+    monkeypatch.delenv("MAMBASUITE_SCAN_SEQ")
+    assert seq(directions=2) == (8, 1, 4, 2)
+
+
+@pytest.mark.parametrize("value", ["0", "5", "two"])
+def test_malformed_seq_ahead_is_named(monkeypatch, value):
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_AHEAD", value)
+    with pytest.raises(ValueError, match=f"MAMBASUITE_SCAN_SEQ_AHEAD='{value}'"):
+        triton_scan.plan_launch(2, 8, 197, 16, 1, torch.device(DEVICE))
+
+
+@pytest.mark.parametrize("split,seq,length,n,form,reverse,seg,dtype", [
+    ("2", "16:1", 45, 16, "variable", False, None, torch.float32),
+    ("2", "16:1", 45, 16, "variable", True, None, torch.bfloat16),  # B/C packed two to a word
+    ("4", "8:1", 70, 4, "grouped", True, 32, torch.float32),        # segments, groups: one state per lane
+    ("8", "4:1", 33, 16, "invariant", False, None, torch.float32),  # time-invariant B/C
+    ("2", "8:1", 40, 3, "variable", True, None, torch.float32),     # the second lane: one state and one pad
+    ("2", "16:1", 21, 1, "variable", False, 16, torch.float32),     # the second lane holds no state at all
+])
+def test_sequential_forward_splits_states_over_lanes(monkeypatch, split, seq, length, n, form, reverse, seg, dtype):
+    """SPLIT lanes share a channel, each scanning its share of the states, and sum their parts of y at every step:
+    every output and gradient matches the float64 loop, for shares that are partly or wholly padding too."""
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_SPLIT", split)
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ", seq)
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    plan = triton_scan.plan_launch(2, 8, length, n, 2 if form == "grouped" else 1, torch.device(DEVICE))
+    assert plan.fwd_sequential and plan.fwd_seq_split == int(split)
+    inp = _inputs(2, 8, length, n, form, groups=2, dtype=dtype, h0=True, seed=length + n)
+    _compare(inp, reverse=reverse, dtype=dtype, with_dlast=dtype == torch.float32)
+
+
+@pytest.mark.parametrize("value,d_state", [("3", 16), ("16", 16), ("4", 1), ("0", 16)])
+def test_malformed_seq_split_is_named(monkeypatch, value, d_state):
+    monkeypatch.setenv("MAMBASUITE_SCAN_SEQ_SPLIT", value)
+    with pytest.raises(ValueError, match=f"MAMBASUITE_SCAN_SEQ_SPLIT='{value}'"):
+        triton_scan.plan_launch(2, 8, 197, d_state, 1, torch.device(DEVICE))
 
 
 @pytest.mark.parametrize("shift,reverse,seg", [("1", False, None), ("1", True, 64), ("0", False, 64), ("0", True, None)])
