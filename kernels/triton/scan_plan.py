@@ -232,7 +232,7 @@ def _seq_split_and_ahead(seq: tuple[int, ...] | None, overrides: tuple[str | Non
     entry; an entry set through MAMBASUITE_SCAN_SEQ has neither: 1 and 1), unless MAMBASUITE_SCAN_SEQ_SPLIT /
     _SEQ_AHEAD set them. A row's split is capped at d_state's power of two; an override above it is refused."""
     n_pad = max(2, _next_pow2(d_state))
-    split, ahead = (*(seq or ()), 1, 1, 1, 1, 1)[3:5]
+    split, ahead = seq[3:5] if seq is not None and len(seq) == 5 else (1, 1)
     split = min(split, n_pad)
     if overrides[_SEQ_SPLIT]:
         split = int(overrides[_SEQ_SPLIT])
