@@ -16,6 +16,7 @@ import triton.language as tl
 
 from .eager import EagerOp
 from .host import cdiv, next_pow2
+from .launcher import launch
 
 
 @triton.jit
@@ -75,7 +76,8 @@ def _norm_fwd(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tens
     new_res = torch.empty(m, n, dtype=res_dtype, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     block_m, block_n, warps = _blocks(n)
-    _add_rms_norm_fwd_kernel[(cdiv(m, block_m),)](
+    launch(
+        _add_rms_norm_fwd_kernel, (cdiv(m, block_m),),
         x, residual if residual is not None else x, weight, out, new_res, rstd, m, n, eps,
         HAS_RES=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return out, new_res, rstd
@@ -99,7 +101,8 @@ def _norm_bwd(g: torch.Tensor, gr: torch.Tensor | None, new_res: torch.Tensor, r
     dx = torch.empty(m, n, dtype=x_dtype, device=g.device)
     dres = torch.empty(m, n, dtype=res_dtype, device=g.device) if res_dtype is not None else dx.new_empty(0)
     dw_part = torch.empty(grid, n, dtype=torch.float32, device=g.device)
-    _add_rms_norm_bwd_kernel[(grid,)](
+    launch(
+        _add_rms_norm_bwd_kernel, (grid,),
         g, gr if gr is not None else g, new_res, rstd, weight, dx, dres if res_dtype is not None else dx, dw_part,
         m, n, HAS_GR=gr is not None, HAS_RES=res_dtype is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps)

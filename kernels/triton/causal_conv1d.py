@@ -38,6 +38,7 @@ import triton.language as tl
 
 from .eager import EagerOp, distinct_outputs
 from .host import cdiv, env_reader, next_pow2
+from .launcher import launch
 from .scan_plan import deterministic_mode
 
 _MAX_EXTENT = 2**31 - 1
@@ -528,7 +529,8 @@ def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     final = _empty_in_layout(x, (batch, dim, width - 1)) if return_final_states else x.new_empty(0)
     block_d, block_l, n_dt, n_lt, warps, run = _plan(x, backward=False)
     with _on_device(x):
-        _conv_fwd_kernel[(batch * n_dt * n_lt,)](
+        launch(
+            _conv_fwd_kernel, (batch * n_dt * n_lt,),
             x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
             out, final if return_final_states else out, dim, length, n_dt, n_lt,
             *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *_strides(initial_states, 3),
@@ -569,7 +571,8 @@ def _conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         sums = torch.zeros(dim * (width + 1), dtype=torch.float32, device=x.device)
         dw_part, db_part = sums[:dim * width].view(1, dim, width), sums[dim * width:].view(1, dim)
     with _on_device(x):
-        _conv_bwd_kernel[(batch * n_dt * n_lg,)](
+        launch(
+            _conv_bwd_kernel, (batch * n_dt * n_lg,),
             x, weight, bias if bias is not None else weight, initial_states if initial_states is not None else x,
             dout, dfinal if dfinal is not None else dout, dx, dh0 if initial_states is not None else dx,
             dw_part, db_part, dim, length, n_dt, n_lg, tiles,

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .host import cdiv
+from .launcher import launch
 
 BLOCK = 32  # tile side; a 28x28 map (VMamba's third stage) fits one tile per plane
 
@@ -48,8 +49,8 @@ def _map_layout_kernel(out_ptr, rows_ptr, cols_ptr, H, W, part_stride, ROW_PARTS
 def _launch(out, rows, cols, height, width, part_stride, row_parts, col_parts, out_columns):
     planes = out.numel() // (height * width)
     grid = (planes, cdiv(height, BLOCK) * cdiv(width, BLOCK))  # (host.cdiv: triton.cdiv is dear on the host)
-    _map_layout_kernel[grid](out, rows, cols, height, width, part_stride, ROW_PARTS=row_parts, COL_PARTS=col_parts,
-                             OUT_COLUMNS=out_columns, BLOCK=BLOCK, num_warps=4)
+    launch(_map_layout_kernel, grid, out, rows, cols, height, width, part_stride, ROW_PARTS=row_parts,
+           COL_PARTS=col_parts, OUT_COLUMNS=out_columns, BLOCK=BLOCK, num_warps=4)
 
 
 def column_major(t: torch.Tensor, height: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .launcher import launch
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 from .scan_plan import LaunchPlan, plan_launch
 
@@ -37,11 +38,14 @@ class ScanInputs:
 
 
 def bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, int, int]]:
-    """(tensor, is_variable, groups, strides s0..s3) of B or C in the layout the kernels index."""
+    """(tensor, is_variable, groups, strides s0..s3) of B or C in the layout the kernels index: (batch, G, N, L)
+    strides for a variable B/C ((batch, N, L) is one group), (0, channel, state, 0) for a (dim, N) one. The strides
+    are computed, not read off an unsqueezed view (a view is host time on every call)."""
     if t.dim() == 2:  # (dim, N): channel stride in s1, state stride in s2
         return t, False, 1, (0, t.stride(0), t.stride(1), 0)
-    if t.dim() == 3:
-        t = t.unsqueeze(1)
+    if t.dim() == 3:  # (batch, N, L): one group; its stride is never used (group index 0)
+        s0, s1, s2 = t.stride()
+        return t, True, 1, (s0, 0, s1, s2)
     return t, True, t.shape[1], tuple(t.stride())
 
 
@@ -102,25 +106,6 @@ def direction_step(tensors: list[torch.Tensor | None], name: str) -> int:
     return step
 
 
-_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg"}
-_CHECKED_LAUNCHES: set = set()  # (kernel name, positional count, keyword names) already checked
-
-
-def _launch(kernel, grid, *args, **kwargs) -> None:
-    """Launch `kernel`, first checking every keyword against its parameters: Triton's CPU interpreter ignores
-    unknown keywords that compiled Triton rejects, so the check keeps CI honest about the GPU launch. A call
-    pattern is checked once (the check is host time on every eager call otherwise)."""
-    pattern = (kernel.__name__, len(args), tuple(kwargs))
-    if pattern not in _CHECKED_LAUNCHES:
-        unknown = set(kwargs) - set(kernel.arg_names) - _LAUNCH_OPTIONS
-        if unknown or len(args) + len(kwargs) - len(set(kwargs) & _LAUNCH_OPTIONS) != len(kernel.arg_names):
-            raise TypeError(f"{kernel.__name__}: launch arguments do not match its parameters (unknown keywords: "
-                            f"{sorted(unknown)}; {len(args)} positional + {len(kwargs)} keyword for "
-                            f"{len(kernel.arg_names)} parameters)")
-        _CHECKED_LAUNCHES.add(pattern)
-    kernel[grid](*args, **kwargs)
-
-
 def _scaled_steps(steps: dict[str, int]) -> dict:
     """The dir_* offsets as the kernels take them, plus DIR_SCALE: when every offset is a multiple of 16 elements
     (separate allocations are 512-byte aligned, so this is the usual case) they are passed divided by 16 and the
@@ -177,19 +162,23 @@ class Directions:
         return cls(dirs[0], len(dirs), _input_steps(dirs))
 
 
-def _zeroed_direction_views(k_dirs: int, shapes: dict[str, tuple[int, ...] | None], device) -> dict[str, torch.Tensor]:
-    """(k_dirs, *shape) fp32 views of one zero-filled buffer, one per shape (None: skipped), so that the sums a launch
-    adds into atomically cost one fill launch, not one each. Each direction's row is padded to a multiple of 32
-    elements (128 bytes), so that the per-direction offsets stay multiples of 16 (`_scaled_steps`)."""
+def _zeroed_direction_views(k_dirs: int, shapes: dict[str, tuple[int, ...] | None], device
+                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(k_dirs, *shape) contiguous fp32 views of one zero-filled buffer, one per shape (None: skipped), in the dict's
+    order, so that the sums a launch adds into atomically cost one fill launch, not one each. Each direction's row is
+    padded to a multiple of 32 elements (128 bytes), so that the per-direction offsets stay multiples of 16
+    (`_scaled_steps`). Returns the buffer and the views."""
     spans, total = {}, 0
     for name, shape in shapes.items():
         if shape is not None:
             row = -(-math.prod(shape) // 32) * 32
-            inner = (shape[1], 1) if len(shape) == 2 else (1,)  # contiguous (dim, N) or (dim,)
+            inner = [1]
+            for size in reversed(shape[1:]):
+                inner.insert(0, inner[0] * size)
             spans[name] = ((k_dirs, *shape), (row, *inner), total)
             total += k_dirs * row
     flat = torch.zeros(total, dtype=torch.float32, device=device)
-    return {name: flat.as_strided(size, stride, offset) for name, (size, stride, offset) in spans.items()}
+    return flat, {name: flat.as_strided(size, stride, offset) for name, (size, stride, offset) in spans.items()}
 
 
 @dataclass(frozen=True)
@@ -228,10 +217,11 @@ def launch_forward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, 
     ckpt = torch.empty(k_dirs, batch, dim, plan.n_tiles, d_state, **f32)
     last = torch.empty(k_dirs, batch, dim, d_state, **f32)
     seg_shape = (k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,)
-    seg_h, seg_p = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
+    seg_p = torch.empty(seg_shape, **f32)
+    seg_h = torch.empty(seg_shape, **f32) if plan.n_seg > 1 else seg_p  # one segment: never touched
     steps = dict(dirs.steps)
-    steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt[0].numel(),
-                 dir_seg=seg_h[0].numel() if plan.n_seg > 1 else 0)
+    steps.update(dir_state=batch * dim * d_state, dir_out=out_step, dir_ckpt=ckpt.numel() // k_dirs,
+                 dir_seg=seg_h.numel() // k_dirs if plan.n_seg > 1 else 0)
     steps = _scaled_steps(steps)
     tile = plan.fwd
     grid = (batch * tile.n_dtiles, plan.n_seg, k_dirs)
@@ -249,9 +239,9 @@ def launch_forward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, 
     ptrs = [first.u, first.delta, first.A, Bv, Cv, first.D if first.D is not None else dummy,
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]
     if plan.n_seg > 1:  # pass 1: each segment's end state from a zero start, and its decay product
-        _launch(selective_scan_fwd_kernel, grid, *ptrs, dummy, out, ckpt, last, seg_h, seg_p, *common,
+        launch(selective_scan_fwd_kernel, grid, *ptrs, dummy, out, ckpt, last, seg_h, seg_p, *common,
                 HAS_H0=False, STATE_ONLY=True, SEG_MODE=0, **steps, **meta)
-    _launch(selective_scan_fwd_kernel, grid, *ptrs, h0 if h0 is not None else dummy, out, ckpt, last, seg_h, seg_p,
+    launch(selective_scan_fwd_kernel, grid, *ptrs, h0 if h0 is not None else dummy, out, ckpt, last, seg_h, seg_p,
             *common, HAS_H0=h0 is not None, STATE_ONLY=False, SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
     return ForwardState(last=last, ckpt=ckpt, seg_p=seg_p)
 
@@ -321,20 +311,26 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
     rows = {name: (var, groups) for name, var, groups in (("dB", b_var, b_groups), ("dC", c_var, c_groups))}
     per_channel = {"dA": (dim, d_state), "dD": (dim,) if has_d else None, "dbias": (dim,) if has_bias else None,
                    **{name: None if var else (dim, d_state) for name, (var, _) in rows.items()}}
+    # Time-variable dB/dC: summed over the channel tile in registers, then added atomically into (batch, group)
+    # rows (cut from the same zero-filled buffer as the per-channel sums, after them: one fill for all) or
+    # (deterministic) written as a partial per channel tile. In the 2D layout (shared_u) they come as (batch, 4, ...)
+    # like the routes' B and C: the kernels' rows per batch then span all four routes.
+    flat_rows = atomic_bc and not shared_u
     if atomic_bc:
-        bufs = _zeroed_direction_views(k_dirs, per_channel, dev)
+        flat, bufs = _zeroed_direction_views(k_dirs, {**per_channel, **{
+            name: (batch, groups, d_state, length) for name, (var, groups) in rows.items() if var and flat_rows}}, dev)
     else:
         bufs = {name: torch.empty(k_dirs, parts, *shape, **f32) for name, shape in per_channel.items()
                 if shape is not None}
-    # Time-variable dB/dC: summed over the channel tile in registers, then added atomically into (batch, group)
-    # rows or (deterministic) written as a partial per channel tile. In the 2D layout (shared_u) they come as
-    # (batch, 4, ...) like the routes' B and C: the kernels' rows per batch then span all four routes.
     bc_rows, row_step = {}, {}  # the kernels' DB_ROWS / DC_ROWS and dir_dB / dir_dC
     for name, (var, groups) in rows.items():
         if not var:
             bc_rows[name], row_step[name] = 0, bufs[name].stride(0)
             continue
         per_batch = groups if atomic_bc else n_dtiles
+        if flat_rows:
+            bc_rows[name], row_step[name] = per_batch, bufs[name].stride(0)
+            continue
         alloc = torch.zeros if atomic_bc else torch.empty
         if shared_u:
             bufs[name] = alloc(batch, k_dirs, per_batch, d_state, length, **f32)
@@ -350,10 +346,11 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
         dz = torch.empty(batch, dim, length, dtype=z.dtype, device=dev)
     dummy = ddelta  # placeholder pointer for absent tensors (never touched: the flag is off)
     dh0 = torch.empty(k_dirs, batch, dim, d_state, **f32) if need_dh0 else dummy
-    seg_e = torch.empty((k_dirs, batch, plan.n_seg, dim, d_state) if plan.n_seg > 1 else (0,), **f32)
+    # each segment's dh carry (pass 1); one segment: never touched
+    seg_e = torch.empty(k_dirs, batch, plan.n_seg, dim, d_state, **f32) if plan.n_seg > 1 else dummy
     steps = dict(dirs.steps)
-    steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt[0].numel(),
-                 dir_seg=seg_e[0].numel() if plan.n_seg > 1 else 0, dir_du=rows_len, dir_ddt=ddt_step, dir_dz=0,
+    steps.update(dir_g=dout_step, dir_state=batch * dim * d_state, dir_ckpt=state.ckpt.numel() // k_dirs,
+                 dir_seg=seg_e.numel() // k_dirs if plan.n_seg > 1 else 0, dir_du=rows_len, dir_ddt=ddt_step, dir_dz=0,
                  dir_part=bufs["dA"].stride(0), dir_dB=row_step["dB"], dir_dC=row_step["dC"],
                  dir_row=bufs["dD"].stride(0) if has_d else bufs["dbias"].stride(0) if has_bias else 0,
                  col_g=dout_col)
@@ -376,11 +373,18 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
     outs = [du, ddelta, dz if dz is not None else dummy, bufs["dA"], bufs["dB"], bufs["dC"],
             bufs.get("dD", dummy), bufs.get("dbias", dummy), dh0]
     if plan.n_seg > 1:  # pass 1: each segment's dh carry from a zero carry
-        _launch(selective_scan_bwd_kernel, grid, *ptrs, dummy, state.ckpt, seg_e, state.seg_p, *outs, *common,
+        launch(selective_scan_bwd_kernel, grid, *ptrs, dummy, state.ckpt, seg_e, state.seg_p, *outs, *common,
                 HAS_DLAST=False, CARRY_ONLY=True, SEG_MODE=0, **steps, **meta)
-    _launch(selective_scan_bwd_kernel, grid, *ptrs, dlast if dlast is not None else dummy, state.ckpt, seg_e,
+    launch(selective_scan_bwd_kernel, grid, *ptrs, dlast if dlast is not None else dummy, state.ckpt, seg_e,
             state.seg_p, *outs, *common, HAS_DLAST=dlast is not None, CARRY_ONLY=False,
             SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
+
+    if flat_rows and b_var and c_var and first.B.dtype == first.C.dtype != torch.float32:
+        # Variable dB and dC are neighbours in the flat buffer: one cast covers both (one launch, not two).
+        start = bufs["dB"].storage_offset()
+        both = flat[start:bufs["dC"].storage_offset() + k_dirs * bufs["dC"].stride(0)].to(first.B.dtype)
+        for name in ("dB", "dC"):
+            bufs[name] = both.as_strided(bufs[name].shape, bufs[name].stride(), bufs[name].storage_offset() - start)
 
     def finish(name: str, like: torch.Tensor | None) -> torch.Tensor | None:
         """A gradient from its buffer: as it is (atomic sums), or its partials summed in a fixed order."""
@@ -389,12 +393,14 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
         buf = bufs[name]
         var, groups = rows.get(name, (False, 1))
         if var and shared_u:  # (batch, K, G = 1, N, L), or the channel tiles' partials (batch, K, n_dtiles, N, L)
-            return (buf.squeeze(2) if atomic_bc else buf.sum(2)).to(like.dtype)
-        if var:  # (K, batch, G, N, L), or (K, batch, n_dtiles, N, L): the partials of each group's tiles
+            buf = buf.squeeze(2) if atomic_bc else buf.sum(2)
+        elif var:  # (K, batch, G, N, L), or (K, batch, n_dtiles, N, L): the partials of each group's tiles
             if not atomic_bc:
                 buf = buf.view(k_dirs, batch, groups, n_dtiles // groups, d_state, length).sum(3)
-            return buf.view(k_dirs, *like.shape).to(like.dtype)
-        return (buf if atomic_bc else buf.sum(1)).to(like.dtype)
+            buf = buf.view(k_dirs, *like.shape)
+        elif not atomic_bc:
+            buf = buf.sum(1)
+        return buf if buf.dtype == like.dtype else buf.to(like.dtype)  # (a same-dtype .to is host time too)
 
     return Gradients(
         du=du, ddelta=ddelta, dA=finish("dA", first.A), dB=finish("dB", first.B), dC=finish("dC", first.C),

@@ -146,14 +146,16 @@ def test_distinct_outputs_clones_only_what_shares_storage():
 def test_zeroed_direction_views_are_zero_aligned_and_disjoint():
     from mambasuite.kernels.triton.scan_launch import _zeroed_direction_views
 
-    views = _zeroed_direction_views(4, {"dA": (8, 3), "dD": (8,), "gone": None, "dB": (5, 2)}, "cpu")
-    assert set(views) == {"dA", "dD", "dB"}
+    shapes = {"dA": (8, 3), "dD": (8,), "gone": None, "dB": (5, 2), "dC": (2, 1, 3, 5)}
+    flat, views = _zeroed_direction_views(4, shapes, "cpu")
+    assert list(views) == ["dA", "dD", "dB", "dC"]  # in the dict's order (dB and dC neighbours: one cast)
     assert views["dA"].shape == (4, 8, 3) and views["dA"].stride() == (32, 3, 1)
     assert views["dD"].shape == (4, 8) and views["dD"].stride() == (32, 1)
+    assert views["dC"].shape == (4, 2, 1, 3, 5) and views["dC"].stride() == (32, 15, 15, 5, 1)  # rows of dB/dC
     for t in views.values():  # every direction's row starts 128-byte aligned
         assert t.stride(0) % 32 == 0 and t.storage_offset() % 32 == 0 and not t.any()
+        assert t.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
     for t in views.values():
         t.fill_(1.0)
-    flat = torch.tensor([], dtype=torch.float32).set_(views["dA"].untyped_storage())  # the whole buffer
-    assert flat.numel() == 3 * 4 * 32  # three padded rows per direction
+    assert flat.numel() == 4 * 4 * 32  # four padded rows per direction
     assert int(flat.sum()) == sum(t.numel() for t in views.values())  # disjoint views; the padding stays 0

@@ -314,13 +314,13 @@ def test_cross_scan_bad_inputs_are_named():
 
 def test_launcher_rejects_arguments_the_compiled_kernel_would_reject():
     """The interpreter ignores unknown launch keywords; compiled Triton raises. The launcher checks first."""
+    from mambasuite.kernels.triton.launcher import launch
     from mambasuite.kernels.triton.scan_kernels import selective_scan_fwd_kernel
-    from mambasuite.kernels.triton.scan_launch import _launch
 
     with pytest.raises(TypeError, match=r"unknown keywords: \['CARRY_FROM_LATER'\]"):
-        _launch(selective_scan_fwd_kernel, (1,), CARRY_FROM_LATER=True)
+        launch(selective_scan_fwd_kernel, (1,), CARRY_FROM_LATER=True)
     with pytest.raises(TypeError, match="positional"):
-        _launch(selective_scan_fwd_kernel, (1,), 1, 2, 3)
+        launch(selective_scan_fwd_kernel, (1,), 1, 2, 3)
 
 
 def test_direction_offsets_are_scaled_only_when_every_one_is_a_multiple_of_16():

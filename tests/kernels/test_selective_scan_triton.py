@@ -410,8 +410,8 @@ def test_register_capped_launch_matches_float64_loop(monkeypatch):
     from mambasuite.kernels.triton import scan_launch
 
     seen = []
-    real = scan_launch._launch
-    monkeypatch.setattr(scan_launch, "_launch", lambda kernel, grid, *a, **kw: (seen.append(kw.get("maxnreg")),
+    real = scan_launch.launch
+    monkeypatch.setattr(scan_launch, "launch", lambda kernel, grid, *a, **kw: (seen.append(kw.get("maxnreg")),
                                                                                real(kernel, grid, *a, **kw)))
     for key, value in dict(BLOCK_T=16, BLOCK_D=2, WARPS=1, MAXNREG=128, BWD_MAXNREG=96).items():
         monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
