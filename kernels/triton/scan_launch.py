@@ -172,9 +172,7 @@ def _zeroed_direction_views(k_dirs: int, shapes: dict[str, tuple[int, ...] | Non
     for name, shape in shapes.items():
         if shape is not None:
             row = -(-math.prod(shape) // 32) * 32
-            inner = [1]
-            for size in reversed(shape[1:]):
-                inner.insert(0, inner[0] * size)
+            inner = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous strides
             spans[name] = ((k_dirs, *shape), (row, *inner), total)
             total += k_dirs * row
     flat = torch.zeros(total, dtype=torch.float32, device=device)
@@ -240,9 +238,9 @@ def launch_forward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None, 
             z if z is not None else dummy, first.delta_bias if first.delta_bias is not None else dummy]
     if plan.n_seg > 1:  # pass 1: each segment's end state from a zero start, and its decay product
         launch(selective_scan_fwd_kernel, grid, *ptrs, dummy, out, ckpt, last, seg_h, seg_p, *common,
-                HAS_H0=False, STATE_ONLY=True, SEG_MODE=0, **steps, **meta)
+               HAS_H0=False, STATE_ONLY=True, SEG_MODE=0, **steps, **meta)
     launch(selective_scan_fwd_kernel, grid, *ptrs, h0 if h0 is not None else dummy, out, ckpt, last, seg_h, seg_p,
-            *common, HAS_H0=h0 is not None, STATE_ONLY=False, SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
+           *common, HAS_H0=h0 is not None, STATE_ONLY=False, SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
     return ForwardState(last=last, ckpt=ckpt, seg_p=seg_p)
 
 
@@ -374,10 +372,10 @@ def launch_backward(dirs: list[ScanInputs] | Directions, z: torch.Tensor | None,
             bufs.get("dD", dummy), bufs.get("dbias", dummy), dh0]
     if plan.n_seg > 1:  # pass 1: each segment's dh carry from a zero carry
         launch(selective_scan_bwd_kernel, grid, *ptrs, dummy, state.ckpt, seg_e, state.seg_p, *outs, *common,
-                HAS_DLAST=False, CARRY_ONLY=True, SEG_MODE=0, **steps, **meta)
+               HAS_DLAST=False, CARRY_ONLY=True, SEG_MODE=0, **steps, **meta)
     launch(selective_scan_bwd_kernel, grid, *ptrs, dlast if dlast is not None else dummy, state.ckpt, seg_e,
-            state.seg_p, *outs, *common, HAS_DLAST=dlast is not None, CARRY_ONLY=False,
-            SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
+           state.seg_p, *outs, *common, HAS_DLAST=dlast is not None, CARRY_ONLY=False,
+           SEG_MODE=1 if plan.n_seg > 1 else 0, **steps, **meta)
 
     if flat_rows and b_var and c_var and first.B.dtype == first.C.dtype != torch.float32:
         # Variable dB and dC are neighbours in the flat buffer: one cast covers both (one launch, not two).
