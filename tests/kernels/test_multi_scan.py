@@ -266,6 +266,41 @@ def test_multi_direction_forward_tile_longer_than_backward_tile(monkeypatch, fwd
     assert not bad, bad
 
 
+@pytest.mark.parametrize("seg", [None, 512])
+def test_multi_direction_long_tiles_of_bf16(monkeypatch, seg):
+    """The long-row tiles under both fused ops, bf16: 256-step one-warp backward tiles take a_{t+1} and the dh carry
+    by gathers; a 512-step forward tile takes its intervals' exit states by a gather (routes forward in time) or a
+    masked sum (reversed routes). Outputs and every gradient against the float64 reference, with masked tails, both
+    directions / all four routes and (seg) segments."""
+    for key, value in dict(BLOCK_T=512, BLOCK_D=1, WARPS=1, BWD_BLOCK_T=256, BWD_BLOCK_D=2, BWD_WARPS=1).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", seg)
+    bf16 = torch.bfloat16
+    g = torch.Generator().manual_seed(31)
+    fwd, rev = _direction(1, 4, 600, 4, g, dtype=bf16), _direction(1, 4, 600, 4, g, dtype=bf16)
+    z = torch.randn(1, 4, 600, generator=g).to(bf16).to(DEVICE)
+    out_b, leaves, zz = _run_bidirectional(fwd, rev, z, "add", "triton")
+    ref_b, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "add", "reference", cast=F64)
+    wb = torch.randn(out_b.shape, dtype=F64, generator=g).to(DEVICE)
+    (out_b.to(F64) * wb).sum().backward()
+    (ref_b * wb).sum().backward()
+    errors = {"bidir out": _err(out_b, ref_b), "bidir dz": _err(zz.grad, ref_z.grad)}
+    for k in leaves:
+        for i in range(2):
+            errors[f"bidir d{k}[{i}]"] = _err(leaves[k][i].grad, ref_leaves[k][i].grad)
+    ins = _map_inputs(1, 4, 20, 17, 4, g, dtype=bf16)  # 340 steps per route
+    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
+    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
+    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (expected * w).sum().backward()
+    errors.update({"2d out": _err(out, expected), **{f"2d d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}})
+    bad = {k: v for k, v in errors.items() if v > TOL[bf16]}
+    assert not bad, bad
+
+
 def test_cross_scan_bf16_map():
     g = torch.Generator().manual_seed(8)
     ins = _map_inputs(1, 8, 6, 5, 4, g, dtype=torch.bfloat16)

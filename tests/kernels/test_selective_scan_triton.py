@@ -330,6 +330,24 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
     _compare(_inputs(1, 4, 100, 4, "variable", h0=True, seed=29), reverse=reverse)
 
 
+@pytest.mark.parametrize("reverse,form,seg,dtype", [
+    (False, "variable", None, torch.bfloat16), (True, "grouped", None, torch.float16),
+    (False, "grouped", 512, torch.bfloat16), (True, "variable", 512, torch.float32)])
+def test_long_tiles_of_16_bit_inputs(monkeypatch, reverse, form, seg, dtype):
+    """The long-row tiles at their real lengths: a 512-step forward tile takes its two 256-step intervals' exit states
+    by a gather (forward in time) or a masked sum (reverse), and a 256-step one-warp backward tile takes a_{t+1} and
+    its dh carry by gathers. Exact with a masked tail (L = 600), groups, 16-bit and fp32 inputs, both scan directions
+    and segments."""
+    for key, value in dict(BLOCK_T=512, BLOCK_D=1, WARPS=1, BWD_BLOCK_T=256, BWD_BLOCK_D=2, BWD_WARPS=1).items():
+        monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
+    monkeypatch.setattr(triton_scan.scan_plan, "FORCE_SEG_LEN", seg)
+    groups = 2 if form == "grouped" else 1
+    plan = triton_scan.plan_launch(1, 4, 600, 4, groups, torch.device(DEVICE))
+    assert (plan.fwd.block_t, plan.bwd.block_t, plan.ckpt_len, plan.n_tiles) == (512, 256, 256, 3)
+    assert plan.n_seg == (1 if seg is None else 2)
+    _compare(_inputs(1, 4, 600, 4, form, groups=groups, h0=True, dtype=dtype, seed=59), reverse=reverse, dtype=dtype)
+
+
 @pytest.mark.parametrize("reverse,form,seg", [
     (False, "variable", None), (True, "grouped", 64), (True, "invariant", None), (False, "grouped", 32)])
 def test_backward_loads_one_state_ahead(monkeypatch, reverse, form, seg):
