@@ -917,7 +917,7 @@ def _bwd_program(
             if GATHER_FLIP:  # a * dh at the tile's first step in scan order, by one shuffle from the lane holding it
                 first_idx = tl.zeros((BLOCK_D, 1), tl.int32) + (BLOCK_T - 1) * REVERSE
                 carry = tl.where(sel, tl.gather(a * dh, first_idx, 1), carry)
-            else:  # (a masked sum: a butterfly reduction; SASS per state, 256:2:1 727 -> 706, 32:4:1 453 -> 417)
+            else:  # (a masked sum: a butterfly reduction; SASS per state, 256:2:1 785 -> 764, 32:4:1 453 -> 417)
                 carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)
             if not CARRY_ONLY:
                 if not PREFETCH:
