@@ -826,6 +826,8 @@ def _bwd_program(
         else:  # reversed position j holds step BLOCK_T - 1 - j, whose a_next is a at step BLOCK_T - j
             shift = (BLOCK_T - cols) % BLOCK_T
         shift_idx = shift[None, :] + tl.zeros((BLOCK_D, BLOCK_T), tl.int32)
+    if GATHER_FLIP:  # the tile's first step in scan order, where the dh carry is taken out (a gather's index)
+        first_idx = tl.zeros((BLOCK_D, 1), tl.int32) + (BLOCK_T - 1) * REVERSE
 
     for i in range(n_tiles):
         if REVERSE:
@@ -915,7 +917,6 @@ def _bwd_program(
             else:
                 dh = _linear_scan(a_next, g, not REVERSE, GATHER_FLIP, BLOCK_T)
             if GATHER_FLIP:  # a * dh at the tile's first step in scan order, by one shuffle from the lane holding it
-                first_idx = tl.zeros((BLOCK_D, 1), tl.int32) + (BLOCK_T - 1) * REVERSE
                 carry = tl.where(sel, tl.gather(a * dh, first_idx, 1), carry)
             else:  # (a masked sum: a butterfly reduction; SASS per state, 256:2:1 785 -> 764, 32:4:1 453 -> 417)
                 carry = tl.where(sel, _column(a * dh, first_col)[:, None], carry)

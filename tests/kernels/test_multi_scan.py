@@ -51,6 +51,21 @@ def _run_bidirectional(fwd, rev, z, combine, backend, cast=None):
     return out, leaves, zz
 
 
+def _bidirectional_errors(fwd, rev, z, combine, g, prefix=""):
+    """Errors of the Triton bidirectional scan's output and every gradient (both directions, shared z) against the
+    float64 reference, under one random weighting of the output drawn from g."""
+    out, leaves, zz = _run_bidirectional(fwd, rev, z, combine, "triton")
+    ref, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, combine, "reference", cast=F64)
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (ref * w).sum().backward()
+    errors = {f"{prefix}out": _err(out, ref), f"{prefix}dz": _err(zz.grad, ref_z.grad)}
+    for k in leaves:
+        for d in range(2):
+            errors[f"{prefix}d{k}[{d}]"] = _err(leaves[k][d].grad, ref_leaves[k][d].grad)
+    return errors
+
+
 @pytest.mark.parametrize("combine,form,length", [
     ("add", "variable", 37), ("mean", "grouped", 70), ("mul", "variable", 1), ("stack", "invariant", 19),
 ])
@@ -59,15 +74,7 @@ def test_bidirectional_triton_matches_float64_reference(combine, form, length):
     fwd = _direction(2, 8, length, 4, g, form=form, groups=2)
     rev = _direction(2, 8, length, 4, g, form=form, groups=2)
     z = torch.randn(2, 8, length, generator=g).to(DEVICE)
-    out, leaves, zz = _run_bidirectional(fwd, rev, z, combine, "triton")
-    ref, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, combine, "reference", cast=F64)
-    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
-    (out.to(F64) * w).sum().backward()
-    (ref * w).sum().backward()
-    errors = {"out": _err(out, ref), "dz": _err(zz.grad, ref_z.grad)}
-    for k in leaves:
-        for d in range(2):
-            errors[f"d{k}[{d}]"] = _err(leaves[k][d].grad, ref_leaves[k][d].grad)
+    errors = _bidirectional_errors(fwd, rev, z, combine, g)
     bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
     assert not bad, bad
 
@@ -214,20 +221,26 @@ def test_cross_scan_per_pixel_projections_put_in_route_order_match_vmamba_on_its
     assert _err(got, _vmamba_style(x, delta, A, B, C, D, bias)) < 1e-12
 
 
+def _cross_scan_errors(ins, g, prefix=""):
+    """(output, errors): the Triton 2D cross-scan's output, and the errors of it and of every input's gradient against
+    the float64 reference, under one random weighting of the output drawn from g."""
+    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
+    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
+    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
+    (out.to(F64) * w).sum().backward()
+    (expected * w).sum().backward()
+    return out, {f"{prefix}out": _err(out, expected), **{f"{prefix}d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}}
+
+
 @pytest.mark.parametrize("height,width,n,seg", [(5, 7, 1, None), (6, 4, 16, None), (9, 11, 4, 32)])
 def test_cross_scan_triton_matches_float64_reference(monkeypatch, height, width, n, seg):
     monkeypatch.setattr(scan_plan, "FORCE_SEG_LEN", seg)
     g = torch.Generator().manual_seed(height * width)
     ins = _map_inputs(1 if seg else 2, 8, height, width, n, g)
-    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
-    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
-    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
+    out, errors = _cross_scan_errors(ins, g)
     assert out.dtype == torch.float32 and out.shape == (1 if seg else 2, 8, height, width)
-    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
-    (out.to(F64) * w).sum().backward()
-    (expected * w).sum().backward()
-    errors = {"out": _err(out, expected), **{f"d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}}
     bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
     assert not bad, bad
 
@@ -242,26 +255,10 @@ def test_multi_direction_forward_tile_longer_than_backward_tile(monkeypatch, fwd
         monkeypatch.setenv(f"MAMBASUITE_SCAN_{key}", str(value))
     g = torch.Generator().manual_seed(17)
     ins = _map_inputs(1, 4, 9, 11, 4, g)  # 99 steps per route: two forward tiles, seven checkpoints
-    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
-    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
-    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
-    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
-    (out.to(F64) * w).sum().backward()
-    (expected * w).sum().backward()
-    errors = {"out": _err(out, expected), **{f"d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}}
+    _, errors = _cross_scan_errors(ins, g)
     fwd, rev = _direction(1, 4, 99, 4, g), _direction(1, 4, 99, 4, g)
     z = torch.randn(1, 4, 99, generator=g).to(DEVICE)
-    out_b, leaves, zz = _run_bidirectional(fwd, rev, z, "add", "triton")
-    ref_b, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "add", "reference", cast=F64)
-    wb = torch.randn(out_b.shape, dtype=F64, generator=g).to(DEVICE)
-    (out_b.to(F64) * wb).sum().backward()
-    (ref_b * wb).sum().backward()
-    errors["bidir out"] = _err(out_b, ref_b)
-    errors["bidir dz"] = _err(zz.grad, ref_z.grad)
-    for k in leaves:
-        for i in range(2):
-            errors[f"bidir d{k}[{i}]"] = _err(leaves[k][i].grad, ref_leaves[k][i].grad)
+    errors.update(_bidirectional_errors(fwd, rev, z, "add", g, prefix="bidir "))
     bad = {k: v for k, v in errors.items() if v > TOL[torch.float32]}
     assert not bad, bad
 
@@ -279,24 +276,9 @@ def test_multi_direction_long_tiles_of_bf16(monkeypatch, seg):
     g = torch.Generator().manual_seed(31)
     fwd, rev = _direction(1, 4, 600, 4, g, dtype=bf16), _direction(1, 4, 600, 4, g, dtype=bf16)
     z = torch.randn(1, 4, 600, generator=g).to(bf16).to(DEVICE)
-    out_b, leaves, zz = _run_bidirectional(fwd, rev, z, "add", "triton")
-    ref_b, ref_leaves, ref_z = _run_bidirectional(fwd, rev, z, "add", "reference", cast=F64)
-    wb = torch.randn(out_b.shape, dtype=F64, generator=g).to(DEVICE)
-    (out_b.to(F64) * wb).sum().backward()
-    (ref_b * wb).sum().backward()
-    errors = {"bidir out": _err(out_b, ref_b), "bidir dz": _err(zz.grad, ref_z.grad)}
-    for k in leaves:
-        for i in range(2):
-            errors[f"bidir d{k}[{i}]"] = _err(leaves[k][i].grad, ref_leaves[k][i].grad)
+    errors = _bidirectional_errors(fwd, rev, z, "add", g, prefix="bidir ")
     ins = _map_inputs(1, 4, 20, 17, 4, g, dtype=bf16)  # 340 steps per route
-    ours = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    ref = {k: v.to(F64).requires_grad_() for k, v in ins.items()}
-    out = cross_scan_2d(**ours, delta_softplus=True, backend="triton")
-    expected = cross_scan_2d(**ref, delta_softplus=True, backend="reference")
-    w = torch.randn(out.shape, dtype=F64, generator=g).to(DEVICE)
-    (out.to(F64) * w).sum().backward()
-    (expected * w).sum().backward()
-    errors.update({"2d out": _err(out, expected), **{f"2d d{k}": _err(ours[k].grad, ref[k].grad) for k in ins}})
+    errors.update(_cross_scan_errors(ins, g, prefix="2d ")[1])
     bad = {k: v for k, v in errors.items() if v > TOL[bf16]}
     assert not bad, bad
 

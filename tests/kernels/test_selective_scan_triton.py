@@ -333,7 +333,7 @@ def test_backward_a_next_by_shift_or_exp2(monkeypatch, shift, reverse, seg):
 @pytest.mark.parametrize("reverse,form,seg,dtype", [
     (False, "variable", None, torch.bfloat16), (True, "grouped", None, torch.float16),
     (False, "grouped", 512, torch.bfloat16), (True, "variable", 512, torch.float32)])
-def test_long_tiles_of_16_bit_inputs(monkeypatch, reverse, form, seg, dtype):
+def test_long_tiles_match_float64_loop(monkeypatch, reverse, form, seg, dtype):
     """The long-row tiles at their real lengths: a 512-step forward tile takes its two 256-step intervals' exit states
     by a gather (forward in time) or a masked sum (reverse), and a 256-step one-warp backward tile takes a_{t+1} and
     its dh carry by gathers. Exact with a masked tail (L = 600), groups, 16-bit and fp32 inputs, both scan directions
